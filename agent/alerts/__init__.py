@@ -1,0 +1,1 @@
+"""Alarm catalogue, evaluation and alert state (pure logic, no I/O)."""

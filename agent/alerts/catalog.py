@@ -1,0 +1,80 @@
+"""The alarms of SPEC §3: names, defaults and what each compares.
+
+This table is the single source for config validation, the evaluator, the
+rules exporter and the runbook cross-check. Adding an alarm means adding one
+row here and one ``runbooks/<Name>.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class ValueKind(str, Enum):
+    """How a threshold is written in config and shown to a human."""
+
+    RATIO = "ratio"  # 0.75 or 75%
+    COUNT = "count"  # a plain number
+    DURATION = "duration"  # 30s, 1h (compared against a value in seconds)
+    FLAG = "flag"  # 1 = bad, threshold fixed at 0
+
+
+class Comparison(str, Enum):
+    GT = ">"
+    GE = ">="
+
+    def breached(self, value: float, threshold: float) -> bool:
+        return value > threshold if self is Comparison.GT else value >= threshold
+
+
+@dataclass(frozen=True)
+class AlarmSpec:
+    name: str
+    check: str | None  # the check kind whose readings it compares; None = any (TargetDown)
+    threshold: float | None  # None: taken from elsewhere in config (BackupStale -> backup.rpo)
+    comparison: Comparison
+    for_seconds: float
+    severity: str
+    kind: ValueKind
+    summary: str  # short human title; ``{target}`` is filled in
+
+    @property
+    def runbook(self) -> str:
+        return f"{self.name}.md"
+
+
+ALARMS: dict[str, AlarmSpec] = {
+    spec.name: spec
+    for spec in (
+        AlarmSpec("HighCPU", "cpu", 0.80, Comparison.GT, 300, "warning", ValueKind.RATIO,
+                  "CPU utilisation of {target} is high"),
+        AlarmSpec("HighMemory", "memory", 0.90, Comparison.GT, 300, "critical", ValueKind.RATIO,
+                  "Memory utilisation of {target} is high"),
+        AlarmSpec("HighErrorRate", "error_rate", 0.01, Comparison.GT, 120, "critical", ValueKind.RATIO,
+                  "5xx error rate of {target} is high"),
+        AlarmSpec("PostgresConnectionsExhausted", "postgres", 0.90, Comparison.GE, 60, "critical",
+                  ValueKind.RATIO, "PostgreSQL {target} is running out of connections"),
+        AlarmSpec("PgBouncerClientsWaiting", "pgbouncer", 0.0, Comparison.GT, 60, "warning", ValueKind.COUNT,
+                  "PgBouncer {target} has clients waiting for a server connection"),
+        AlarmSpec("RedisMemoryHigh", "redis", 0.75, Comparison.GT, 300, "warning", ValueKind.RATIO,
+                  "Redis {target} memory usage is high"),
+        AlarmSpec("TargetDown", None, 0.0, Comparison.GT, 60, "critical", ValueKind.FLAG,
+                  "{target} does not answer its check"),
+        AlarmSpec("BackupStale", "backup", None, Comparison.GT, 0, "critical", ValueKind.DURATION,
+                  "Newest complete backup of {target} is older than the RPO"),
+        AlarmSpec("ReplicaStale", "replica", None, Comparison.GT, 0, "critical", ValueKind.DURATION,
+                  "Newest verified replica copy of {target} is older than the RPO"),
+        AlarmSpec("BackupFailed", "backup_run", 0.0, Comparison.GT, 0, "warning", ValueKind.FLAG,
+                  "The last backup or replication run of {target} failed"),
+        AlarmSpec("RestoreDrillFailed", "drill", 0.0, Comparison.GT, 0, "warning", ValueKind.FLAG,
+                  "The last restore drill of {target} failed or exceeded the RTO"),
+    )
+}
+
+SEVERITIES = ("critical", "warning", "info")
+
+
+def alarms_for_check(check: str) -> list[AlarmSpec]:
+    """Value alarms that compare readings of ``check`` (TargetDown excluded)."""
+    return [a for a in ALARMS.values() if a.check == check]

@@ -1,0 +1,581 @@
+"""Configuration: one YAML file plus ``OPSAGENT_<SECTION>__<KEY>`` overrides.
+
+Models are frozen and strict about unknown keys so a typo is an error, not a
+silently ignored setting. :func:`load_config` turns every problem (YAML syntax,
+types, units, URLs, duplicate names, stray environment variables) into a
+:class:`ConfigError` holding one human line per problem, naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from agent import secrets
+from agent.alerts.catalog import ALARMS, SEVERITIES, AlarmSpec, ValueKind
+from agent.units import DURATION_FORM, RATIO_FORM, format_duration, parse_duration, parse_ratio
+
+ENV_PREFIX = "OPSAGENT_"
+CONFIG_ENV = "OPSAGENT_CONFIG"
+DEFAULT_CONFIG_FILE = "opsagent.yaml"
+
+Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)]
+Ratio = Annotated[float, BeforeValidator(parse_ratio)]
+TargetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")]
+
+_NAME_FORM = "letters, digits, '.', '_' or '-', at most 63 characters"
+
+
+def _url_validator(schemes: tuple[str, ...]) -> Any:
+    def check(value: object) -> object:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(raw, str):
+            raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        scheme, sep, rest = raw.partition("://")
+        if not sep or scheme.lower() not in schemes or not rest.strip("/"):
+            raise ValueError(
+                f"{secrets.mask_url(raw)!r} is not a valid URL; expected one starting with "
+                + " or ".join(s + "://" for s in schemes)
+            )
+        return value
+
+    return BeforeValidator(check)
+
+
+def _secret_url(*schemes: str) -> Any:
+    return Annotated[SecretStr, _url_validator(schemes)]
+
+
+def _plain_url(*schemes: str) -> Any:
+    return Annotated[str, _url_validator(schemes)]
+
+
+PostgresDsn = _secret_url("postgresql", "postgres")
+RedisUrl = _secret_url("redis", "rediss", "unix")
+HttpUrl = _plain_url("http", "https")
+SecretHttpUrl = _secret_url("http", "https")
+RepositoryUrl = _plain_url("file", "s3")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class AgentSection(Model):
+    name: TargetName = Field(default_factory=lambda: re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname())[:63] or "opsagent")
+    listen: str = "127.0.0.1:9108"
+    region: str = "us-east-1"
+    admin_token: SecretStr | None = None
+    state_dir: str = "./var/state"
+    runbook_base_url: str = "https://github.com/opsagent/opsagent/blob/main/runbooks/"
+    external_url: str | None = None  # how others reach this agent (generatorURL); default http://listen
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is not an address; expected HOST:PORT such as 127.0.0.1:9108")
+        return value
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class TargetBase(Model):
+    """What every scheduled check target has."""
+
+    name: TargetName
+    interval: Duration = 15.0
+    timeout: Duration | None = None  # hard deadline of one run; default min(interval, 10s)
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _timing(self) -> TargetBase:
+        if self.interval < 1:
+            raise ValueError(f"interval must be at least 1s; expected {DURATION_FORM}")
+        if self.timeout is not None and not 0 < self.timeout <= 60:
+            raise ValueError("timeout must be between 0s and 60s")
+        return self
+
+    @property
+    def deadline(self) -> float:
+        return self.timeout if self.timeout is not None else min(self.interval, 10.0)
+
+
+class HostTarget(TargetBase):
+    """``cpu`` and ``memory``: one per agent, named after what they measure."""
+
+    name: TargetName = "task"
+    source: Literal["auto", "ecs", "cgroup", "host"] = "auto"
+    cgroup_root: str = "/sys/fs/cgroup"
+
+
+class PostgresTarget(TargetBase):
+    dsn: PostgresDsn
+
+
+class PgBouncerTarget(TargetBase):
+    dsn: PostgresDsn
+
+
+class RedisTarget(TargetBase):
+    url: RedisUrl
+
+
+class CloudWatchSource(Model):
+    load_balancer: Annotated[str, Field(pattern=r"^app/[^/]+/[^/]+$")]
+    target_group: str | None = None
+    region: str | None = None
+
+
+class ErrorRateTarget(TargetBase):
+    metrics_url: HttpUrl | None = None
+    cloudwatch: CloudWatchSource | None = None
+    window: Duration = 300.0
+    requests_metric: str = "http_requests_total"
+    status_label: str = "status"
+    route_label: str = "route"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ErrorRateTarget:
+        if (self.metrics_url is None) == (self.cloudwatch is None):
+            raise ValueError("set exactly one of metrics_url or cloudwatch")
+        if self.window < 60 and self.cloudwatch is not None:
+            raise ValueError(f"window must be at least 1m for CloudWatch; expected {DURATION_FORM}")
+        return self
+
+
+class ChecksSection(Model):
+    cpu: HostTarget | None = Field(default_factory=HostTarget)
+    memory: HostTarget | None = Field(default_factory=HostTarget)
+    postgres: list[PostgresTarget] = []
+    pgbouncer: list[PgBouncerTarget] = []
+    redis: list[RedisTarget] = []
+    error_rate: list[ErrorRateTarget] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ChecksSection:
+        for kind in ("postgres", "pgbouncer", "redis", "error_rate"):
+            seen: set[str] = set()
+            for target in getattr(self, kind):
+                if target.name in seen:
+                    raise ValueError(f"duplicate target name {target.name!r} in checks.{kind}; names must be unique per kind")
+                seen.add(target.name)
+        return self
+
+    def targets(self) -> list[tuple[str, TargetBase]]:
+        """Every enabled (kind, target) pair, in config order."""
+        out: list[tuple[str, TargetBase]] = []
+        for kind in ("cpu", "memory"):
+            host = getattr(self, kind)
+            if host is not None and host.enabled:
+                out.append((kind, host))
+        for kind in ("postgres", "pgbouncer", "redis", "error_rate"):
+            out.extend((kind, t) for t in getattr(self, kind) if t.enabled)
+        return out
+
+
+class AlertOverride(Model):
+    threshold: float | str | None = None
+    for_: Duration | None = Field(default=None, alias="for")
+    severity: Literal["critical", "warning", "info"] | None = None
+    enabled: bool = True
+
+
+class _AlertsBase(Model):
+    @model_validator(mode="after")
+    def _thresholds(self) -> _AlertsBase:
+        for name in ALARMS:
+            override = getattr(self, name)
+            if override is not None and override.threshold is not None:
+                _parse_threshold(ALARMS[name], override.threshold)
+        return self
+
+
+def _alerts_section() -> type[Model]:
+    """One optional override per catalogue alarm; an unknown alarm name is an error."""
+    from pydantic import create_model
+
+    fields: dict[str, Any] = {name: (AlertOverride | None, None) for name in ALARMS}
+    return create_model("AlertsSection", __base__=_AlertsBase, **fields)  # type: ignore[call-overload]
+
+
+AlertsSection = _alerts_section()
+
+
+class NotifySection(Model):
+    alertmanager_url: HttpUrl | None = None
+    slack_webhook_url: SecretHttpUrl | None = None
+    pagerduty_routing_key: SecretStr | None = None
+    pagerduty_url: HttpUrl = "https://events.pagerduty.com/v2/enqueue"
+    sns_topic_arn: Annotated[str, Field(pattern=r"^arn:aws[a-z\-]*:sns:[a-z0-9\-]+:\d{12}:[A-Za-z0-9_\-]+$")] | None = None
+    sentry_dsn: SecretHttpUrl | None = None
+    sentry_alerts: bool = False
+    repeat_interval: Duration = 300.0
+    timeout: Duration = 10.0
+
+
+class RetentionPolicy(Model):
+    hourly: Annotated[int, Field(ge=0)] = 48
+    daily: Annotated[int, Field(ge=0)] = 30
+    weekly: Annotated[int, Field(ge=0)] = 12
+
+
+_CRON_FIELD = r"[0-9*/,\-A-Za-z?]+"
+
+
+def _check_cron(value: object) -> object:
+    if not isinstance(value, str) or not re.fullmatch(rf"\s*{_CRON_FIELD}(\s+{_CRON_FIELD}){{4}}\s*", value):
+        raise ValueError(f"{value!r} is not a cron expression; expected five fields such as '0 * * * *' (UTC)")
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(value, timezone="UTC")
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid cron expression ({exc}); expected five fields such as '0 * * * *'") from None
+    return value
+
+
+Cron = Annotated[str, BeforeValidator(_check_cron)]
+
+
+class BackupSection(Model):
+    enabled: bool = True
+    schedule: Cron = "0 * * * *"
+    repository: RepositoryUrl | None = None
+    replica: RepositoryUrl | None = None
+    replica_region: str | None = None
+    kms_key_id: str | None = None
+    replica_kms_key_id: str | None = None
+    postgres: list[TargetName] = []
+    rds_instances: list[str] = []
+    elasticache_clusters: list[str] = []
+    retention: RetentionPolicy = RetentionPolicy()
+    rpo: Duration = 3600.0
+    rto: Duration = 7200.0
+    drill_schedule: Cron | None = "30 3 * * *"
+    drill_dsn: PostgresDsn | None = None
+    lock_dsn: PostgresDsn | None = None  # PostgreSQL advisory lock shared by the fleet
+    pg_dump_path: str | None = None
+
+    @model_validator(mode="after")
+    def _coherent(self) -> BackupSection:
+        if self.replica and not self.repository:
+            raise ValueError("replica is set but repository is not; set backup.repository too")
+        if self.rpo <= 0 or self.rto <= 0:
+            raise ValueError(f"rpo and rto must be positive; expected {DURATION_FORM}")
+        return self
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Environment variables override the file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+        populate_by_name=True,
+    )
+
+    agent: AgentSection = AgentSection()
+    checks: ChecksSection = ChecksSection()
+    alerts: AlertsSection = AlertsSection()  # type: ignore[valid-type]
+    notify: NotifySection = NotifySection()
+    backup: BackupSection = BackupSection()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _cross_refs(self) -> Settings:
+        known = {t.name for t in self.checks.postgres}
+        for i, name in enumerate(self.backup.postgres):
+            if name not in known:
+                raise ValueError(
+                    f"backup.postgres[{i}] names {name!r}, which is not a checks.postgres target "
+                    f"(known: {', '.join(sorted(known)) or 'none'})"
+                )
+        return self
+
+    # -- derived views -------------------------------------------------------------------------
+
+    def alarm(self, name: str) -> EffectiveAlarm:
+        """The alarm's settings with config overrides applied to the catalogue defaults."""
+        spec = ALARMS[name]
+        override: AlertOverride | None = getattr(self.alerts, name)
+        threshold = spec.threshold
+        if spec.kind is ValueKind.DURATION:
+            threshold = self.backup.rpo
+        if override is not None and override.threshold is not None:
+            threshold = _parse_threshold(spec, override.threshold)
+        return EffectiveAlarm(
+            spec=spec,
+            threshold=float(threshold or 0.0),
+            for_seconds=spec.for_seconds if override is None or override.for_ is None else override.for_,
+            severity=spec.severity if override is None or override.severity is None else override.severity,
+            enabled=True if override is None else override.enabled,
+        )
+
+    def secret_values(self) -> list[str]:
+        """Every secret string in the config, for the process-wide scrubber."""
+        out: list[str] = []
+
+        def walk(node: Any) -> None:
+            if isinstance(node, SecretStr):
+                out.append(node.get_secret_value())
+            elif isinstance(node, BaseModel):
+                for field in type(node).model_fields:
+                    walk(getattr(node, field))
+            elif isinstance(node, (list, tuple)):
+                for item in node:
+                    walk(item)
+
+        walk(self)
+        return out
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration with every secret shown as ``***`` (``config show``)."""
+        data = self.model_dump(mode="json", by_alias=True)
+
+        def mask(node: Any, model: Any) -> Any:
+            if isinstance(model, SecretStr):
+                raw = model.get_secret_value()
+                return secrets.mask_url(raw) if "://" in raw and secrets.url_password(raw) else secrets.MASK
+            if isinstance(model, BaseModel):
+                return {
+                    (f.alias or k): mask(node.get(f.alias or k), getattr(model, k))
+                    for k, f in type(model).model_fields.items()
+                }
+            if isinstance(model, (list, tuple)):
+                return [mask(n, m) for n, m in zip(node, model)]
+            return node
+
+        result = mask(data, self)
+        # Webhook URLs and DSNs without a password are still secrets as a whole.
+        notify = result["notify"]
+        for key in ("slack_webhook_url", "sentry_dsn"):
+            if notify.get(key):
+                notify[key] = secrets.MASK
+        return result
+
+
+class EffectiveAlarm(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    spec: AlarmSpec
+    threshold: float
+    for_seconds: float
+    severity: str
+    enabled: bool
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def _parse_threshold(spec: AlarmSpec, raw: float | str) -> float:
+    try:
+        if spec.kind is ValueKind.RATIO:
+            return parse_ratio(raw)
+        if spec.kind is ValueKind.DURATION:
+            return parse_duration(raw)
+        value = float(raw)
+    except (TypeError, ValueError) as exc:
+        form = {ValueKind.RATIO: RATIO_FORM, ValueKind.DURATION: DURATION_FORM}.get(spec.kind, "a number")
+        msg = str(exc) if spec.kind in (ValueKind.RATIO, ValueKind.DURATION) else f"{raw!r} is not {form}"
+        raise ValueError(f"alerts.{spec.name}.threshold: {msg}") from None
+    if value < 0 or value != value:
+        raise ValueError(f"alerts.{spec.name}.threshold: must be a number >= 0")
+    return value
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """Invalid configuration: ``problems`` holds one line per problem, each naming its key."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+_FORMS = {
+    "int_parsing": "a whole number",
+    "int_type": "a whole number",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "model_type": "a mapping of keys",
+    "dict_type": "a mapping of keys",
+    "model_attributes_type": "a mapping of keys",
+    "literal_error": None,
+    "extra_forbidden": None,
+    "string_pattern_mismatch": None,
+}
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after[_timing()]",) or str(part).startswith(("function-", "constrained-")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = _loc(tuple(error["loc"]))
+    kind = error["type"]
+    msg: str = error["msg"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key; remove it or check its spelling"
+    if kind == "missing":
+        return f"{key}: required but missing"
+    if kind == "string_pattern_mismatch":
+        if key.endswith("name") or ".postgres[" in key and key.startswith("backup"):
+            return f"{key}: {error.get('input')!r} is not a valid name; expected {_NAME_FORM}"
+        if key.endswith("sns_topic_arn"):
+            return f"{key}: {error.get('input')!r} is not an SNS topic ARN; expected arn:aws:sns:REGION:ACCOUNT:NAME"
+        if key.endswith("load_balancer"):
+            return f"{key}: {error.get('input')!r} is not an ALB name; expected app/NAME/ID"
+        return f"{key}: {msg}"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+        if msg.startswith("alerts."):  # already names its key
+            return msg
+        return f"{key}: {msg}"
+    form = _FORMS.get(kind)
+    shown = error.get("input")
+    shown_text = "" if isinstance(shown, (dict, list)) or shown is None else f"{secrets.scrub(str(shown))!r}: "
+    if form:
+        return f"{key}: {shown_text}expected {form}"
+    return f"{key}: {shown_text}{msg}"
+
+
+def _check_environment(env: dict[str, str]) -> list[str]:
+    """Stray OPSAGENT_* variables are mistakes: say so instead of ignoring them."""
+    sections = set(Settings.model_fields)
+    problems = []
+    for name in sorted(env):
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() == CONFIG_ENV:
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        section = rest.split("__", 1)[0]
+        if section not in sections:
+            problems.append(
+                f"{name}: unknown environment variable; expected OPSAGENT_<SECTION>__<KEY> with SECTION one of "
+                + ", ".join(sorted(sections)).upper()
+            )
+    return problems
+
+
+def resolve_config_path(explicit: str | None, env: dict[str, str] | None = None) -> Path | None:
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.exists() else None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: config file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read config file ({exc.__class__.__name__}: {exc})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{path}: not valid YAML{where}: {problem}; expected a YAML mapping of sections"]) from None
+    if data is None:
+        raise ConfigError([f"{path}: the file is empty; expected a YAML mapping with sections such as agent, checks"])
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: expected a YAML mapping of sections (agent, checks, alerts, notify, backup), got {type(data).__name__}"])
+    bad_keys = [k for k in data if not isinstance(k, str)]
+    if bad_keys:
+        raise ConfigError([f"{path}: section names must be strings, got {bad_keys[0]!r}"])
+    return data
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Load and validate the configuration; raise :class:`ConfigError` with every problem."""
+    env = dict(os.environ if env is None else env)
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = read_yaml(Path(path))
+    problems = _check_environment(env)
+    saved = dict(os.environ)
+    try:
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        try:
+            settings = Settings(**data)
+        except ValidationError as exc:
+            problems.extend(_describe(e) for e in exc.errors(include_url=False))
+            raise ConfigError(_dedupe(problems)) from None
+        except (ValueError, json.JSONDecodeError) as exc:  # pydantic-settings: bad JSON in an env var
+            problems.append(f"environment: {secrets.scrub(str(exc))}; complex values (lists, mappings) must be JSON")
+            raise ConfigError(problems) from None
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    if problems:
+        raise ConfigError(problems)
+    secrets.register(settings.secret_values())
+    return settings
+
+
+def _dedupe(items: list[str]) -> list[str]:
+    seen: set[str] = set()
+    return [i for i in items if not (i in seen or seen.add(i))]  # type: ignore[func-returns-value]

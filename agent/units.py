@@ -1,0 +1,79 @@
+"""Parsing and formatting of the human units used in configuration.
+
+Durations are written ``30s``, ``5m``, ``1h`` (also ``500ms``, ``1d``, ``1h30m``)
+and ratios as ``0.75`` or ``75%``. Both are plain floats inside the program
+(seconds and fractions) so that pure logic can do arithmetic on them.
+"""
+
+from __future__ import annotations
+
+import re
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+DURATION_FORM = "a duration such as 30s, 5m, 1h or 1h30m"
+RATIO_FORM = "a ratio such as 0.75 or 75%, between 0 and 1 (0% and 100%)"
+
+
+def parse_duration(value: object) -> float:
+    """Return seconds for ``value``; raise ValueError naming the accepted form."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected {DURATION_FORM}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"must not be negative; expected {DURATION_FORM}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected {DURATION_FORM}")
+    text = value.strip().lower()
+    if text in ("0", "0s"):
+        return 0.0
+    if not text:
+        raise ValueError(f"is empty; expected {DURATION_FORM}")
+    pos = 0
+    total = 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or pos == 0:
+        raise ValueError(f"{value!r} is not a duration; expected {DURATION_FORM}")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds back in the shortest exact config form (``90`` -> ``1m30s``)."""
+    if seconds == 0:
+        return "0s"
+    if seconds < 1 or seconds != int(seconds):
+        if (seconds * 1000) == int(seconds * 1000) and seconds < 1:
+            return f"{int(seconds * 1000)}ms"
+        return f"{seconds:g}s"
+    rest = int(seconds)
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            out.append(f"{rest // size}{unit}")
+            rest %= size
+    return "".join(out)
+
+
+def parse_ratio(value: object) -> float:
+    """Return a fraction in [0, 1] for ``0.75`` or ``"75%"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected {RATIO_FORM}")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a ratio; expected {RATIO_FORM}") from None
+    elif isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        raise ValueError(f"expected {RATIO_FORM}")
+    if not 0.0 <= number <= 1.0 or number != number:
+        raise ValueError(f"{value!r} is outside 0-1; expected {RATIO_FORM}")
+    return number
