@@ -1,0 +1,23 @@
+"""Shared fixtures: each fixture module owns one kind of real part."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from agent import secrets
+
+pytest_plugins = [
+    "tests.fixtures.servers",
+    "tests.fixtures.aws",
+]
+
+
+@pytest.fixture(autouse=True)
+def _forget_secrets() -> Iterator[None]:
+    """Each test registers its own secrets; none leak into the next test's scrubber."""
+    yield
+    secrets.clear()
+    structlog.contextvars.clear_contextvars()
