@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -80,7 +79,9 @@ class Model(BaseModel):
 
 
 class AgentSection(Model):
-    name: TargetName = Field(default_factory=lambda: re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname())[:63] or "opsagent")
+    # The same name on every agent of a service, so that two agents reporting one
+    # target produce one alert (the `agent` label is part of the fingerprint).
+    name: TargetName = "opsagent"
     listen: str = "127.0.0.1:9108"
     region: str = "us-east-1"
     admin_token: SecretStr | None = None
@@ -170,6 +171,10 @@ class ErrorRateTarget(TargetBase):
         return self
 
 
+# Kinds configured as a list of named targets (cpu/memory are single host targets).
+LIST_KINDS = ("postgres", "pgbouncer", "redis", "error_rate")
+
+
 class ChecksSection(Model):
     cpu: HostTarget | None = Field(default_factory=HostTarget)
     memory: HostTarget | None = Field(default_factory=HostTarget)
@@ -180,7 +185,7 @@ class ChecksSection(Model):
 
     @model_validator(mode="after")
     def _unique_names(self) -> ChecksSection:
-        for kind in ("postgres", "pgbouncer", "redis", "error_rate"):
+        for kind in LIST_KINDS:
             seen: set[str] = set()
             for target in getattr(self, kind):
                 if target.name in seen:
@@ -195,7 +200,7 @@ class ChecksSection(Model):
             host = getattr(self, kind)
             if host is not None and host.enabled:
                 out.append((kind, host))
-        for kind in ("postgres", "pgbouncer", "redis", "error_rate"):
+        for kind in LIST_KINDS:
             out.extend((kind, t) for t in getattr(self, kind) if t.enabled)
         return out
 

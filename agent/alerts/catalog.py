@@ -38,6 +38,7 @@ class AlarmSpec:
     severity: str
     kind: ValueKind
     summary: str  # short human title; ``{target}`` is filled in
+    field: str | None = None  # compare ``reading.details[field]`` instead of ``reading.value``
 
     @property
     def runbook(self) -> str:
