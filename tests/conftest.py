@@ -21,3 +21,13 @@ def _forget_secrets() -> Iterator[None]:
     yield
     secrets.clear()
     structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_aws_clients() -> Iterator[None]:
+    """boto3 clients are cached per process; a test that points AWS_* elsewhere gets new ones."""
+    from agent import aws
+
+    aws.reset()
+    yield
+    aws.reset()
