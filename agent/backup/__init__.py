@@ -1,0 +1,1 @@
+"""Backups: repositories, pg_dump, snapshots, replication, retention and drills."""
