@@ -171,8 +171,39 @@ class ErrorRateTarget(TargetBase):
         return self
 
 
+class SqsTarget(TargetBase):
+    """An SQS queue: visible messages, age of the oldest message, and its dead-letter queue."""
+
+    queue_url: HttpUrl
+    dlq_url: HttpUrl | None = None
+    region: str | None = None  # default: taken from the queue URL, else the boto3 chain
+    interval: Duration = 60.0
+
+
+class BullMQTarget(TargetBase):
+    """BullMQ queues kept in one Redis: waiting, active, failed and delayed jobs."""
+
+    url: RedisUrl
+    queues: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    prefix: Annotated[str, Field(min_length=1)] = "bull"
+    failed_window: Duration = 900.0  # jobs that failed within this window count as recent failures
+
+
+class S3ReplicationTarget(TargetBase):
+    """A replicated bucket: the rule is enabled and objects older than ``rpo`` reached the destination."""
+
+    bucket: Annotated[str, Field(min_length=3, max_length=63)]
+    destination_bucket: Annotated[str, Field(min_length=3, max_length=63)]
+    region: str | None = None
+    destination_region: str | None = None
+    prefix: str = ""
+    rpo: Duration = 900.0
+    max_objects: Annotated[int, Field(ge=1)] = 100_000
+    interval: Duration = 300.0
+
+
 # Kinds configured as a list of named targets (cpu/memory are single host targets).
-LIST_KINDS = ("postgres", "pgbouncer", "redis", "error_rate")
+LIST_KINDS = ("postgres", "pgbouncer", "redis", "error_rate", "sqs", "bullmq", "s3_replication")
 
 
 class ChecksSection(Model):
@@ -182,6 +213,9 @@ class ChecksSection(Model):
     pgbouncer: list[PgBouncerTarget] = []
     redis: list[RedisTarget] = []
     error_rate: list[ErrorRateTarget] = []
+    sqs: list[SqsTarget] = []
+    bullmq: list[BullMQTarget] = []
+    s3_replication: list[S3ReplicationTarget] = []
 
     @model_validator(mode="after")
     def _unique_names(self) -> ChecksSection:
@@ -344,7 +378,7 @@ class Settings(BaseSettings):
         spec = ALARMS[name]
         override: AlertOverride | None = getattr(self.alerts, name)
         threshold = spec.threshold
-        if spec.kind is ValueKind.DURATION:
+        if spec.kind is ValueKind.DURATION and spec.threshold is None:
             threshold = self.backup.rpo
         if override is not None and override.threshold is not None:
             threshold = _parse_threshold(spec, override.threshold)

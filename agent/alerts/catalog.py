@@ -70,6 +70,20 @@ ALARMS: dict[str, AlarmSpec] = {
                   "The last backup or replication run of {target} failed"),
         AlarmSpec("RestoreDrillFailed", "drill", 0.0, Comparison.GT, 0, "warning", ValueKind.FLAG,
                   "The last restore drill of {target} failed or exceeded the RTO"),
+        # Queues and replication (issue 8). The first row of a kind compares ``reading.value``.
+        AlarmSpec("SQSMessageAgeHigh", "sqs", 600.0, Comparison.GT, 300, "warning", ValueKind.DURATION,
+                  "Oldest message in SQS queue {target} is getting old"),
+        AlarmSpec("SQSDeadLetterQueueNotEmpty", "sqs", 0.0, Comparison.GT, 60, "warning", ValueKind.COUNT,
+                  "Dead-letter queue of SQS queue {target} holds messages", field="dlq_visible_messages"),
+        AlarmSpec("BullMQBacklogHigh", "bullmq", 1000.0, Comparison.GT, 300, "warning", ValueKind.COUNT,
+                  "BullMQ queues of {target} have a growing backlog of waiting jobs"),
+        AlarmSpec("BullMQFailedJobs", "bullmq", 0.0, Comparison.GT, 0, "warning", ValueKind.COUNT,
+                  "BullMQ jobs of {target} failed recently", field="recent_failed_jobs"),
+        AlarmSpec("S3ReplicationLagging", "s3_replication", 0.0, Comparison.GT, 0, "critical", ValueKind.COUNT,
+                  "Objects of bucket {target} older than the RPO are missing from the replica"),
+        AlarmSpec("S3ReplicationDisabled", "s3_replication", 0.0, Comparison.GT, 0, "critical", ValueKind.FLAG,
+                  "Bucket {target} has no enabled replication rule to its destination",
+                  field="replication_disabled"),
     )
 }
 
