@@ -1,0 +1,40 @@
+# opsagent: `make run` starts the daemon locally, `make test` runs the whole suite
+# (installing and starting every real service it needs when missing).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= deploy/local.yaml
+
+.PHONY: run test services bench soak clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.runtime
+
+run: $(VENV)/.runtime
+	mkdir -p var
+	$(BIN)/opsagent run --config $(CONFIG)
+
+services:
+	scripts/ensure-services.sh
+
+test: $(VENV)/.dev services
+	$(BIN)/pytest -q
+
+bench: $(VENV)/.dev services
+	$(BIN)/python -m benchmarks
+
+soak: $(VENV)/.dev services
+	OPSAGENT_SOAK=1 $(BIN)/pytest -q tests/faults -k soak
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,209 @@
+"""HTTP on ``agent.listen``: /metrics, /healthz, /readyz, /status, /, POST /backup.
+
+A small stdlib threading server: each connection has its own thread and a
+socket timeout, so a slow or hostile client never blocks /metrics for others.
+Nothing here measures: every answer is read from state the scheduler keeps.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from agent import secrets
+from agent.status import status_html, status_json
+
+if TYPE_CHECKING:
+    from agent.daemon import Agent
+
+log = structlog.get_logger("opsagent.http")
+
+MAX_BODY = 64 * 1024
+GET_PATHS = ("/metrics", "/healthz", "/readyz", "/status", "/")
+POST_PATHS = ("/backup",)
+_RUNBOOK_PATH = re.compile(r"^/runbooks/([A-Za-z0-9]+)(?:\.md)?$")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "opsagent"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+    timeout = 10  # seconds a client may take per read: slowloris-style clients are cut off
+    agent: Agent
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        return  # access logs are noise for a sidecar scraped every 15 s
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _text(self, status: int, text: str, headers: dict[str, str] | None = None) -> None:
+        self._send(status, (text + "\n").encode(), headers=headers)
+
+    def _json(self, status: int, doc: Any) -> None:
+        self._send(status, json.dumps(doc).encode(), "application/json")
+
+    @property
+    def _path(self) -> str:
+        return self.path.split("?", 1)[0]
+
+    def _discard_body(self) -> bool:
+        """Read (and drop) a request body; refuse oversized or malformed lengths."""
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            return True
+        try:
+            length = int(raw)
+        except ValueError:
+            self._text(400, "bad Content-Length")
+            return False
+        if length < 0 or length > MAX_BODY:
+            self.close_connection = True
+            self._text(413, f"request body too large (limit {MAX_BODY} bytes)")
+            return False
+        self.rfile.read(length)
+        return True
+
+    def _not_allowed(self, allowed: str) -> None:
+        self._text(405, f"method {self.command} not allowed on {self._path}; allowed: {allowed}", {"Allow": allowed})
+
+    # -- methods -----------------------------------------------------------------------------
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        path = self._path
+        agent = self.agent
+        try:
+            if path == "/metrics":
+                gzip_ok = "gzip" in (self.headers.get("Accept-Encoding") or "")
+                body = agent.exposition.body(gzip_ok)
+                self._send(200, body, agent.exposition.content_type, {"Content-Encoding": "gzip"} if gzip_ok else None)
+            elif path == "/healthz":
+                ok, reason = agent.health()
+                self._text(200 if ok else 503, reason)
+            elif path == "/readyz":
+                ready = agent.ready.is_set()
+                self._text(200 if ready else 503, "ready" if ready else "first round of checks still running")
+            elif path == "/status":
+                self._send(200, status_json(agent), "application/json")
+            elif path == "/":
+                self._send(200, status_html(agent), "text/html; charset=utf-8")
+            elif (m := _RUNBOOK_PATH.match(path)) is not None:
+                self._runbook(m.group(1))
+            elif path in POST_PATHS:
+                self._not_allowed("POST")
+            else:
+                self._text(404, f"no such path: {path[:200]}; try /, /status, /metrics, /healthz, /readyz")
+        except BrokenPipeError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - one bad page must not kill the server thread silently
+            log.error("http_handler_failed", path=path[:200], error=secrets.scrub(f"{type(exc).__name__}: {exc}"))
+            self._text(500, "internal error; see the agent's log")
+
+    do_HEAD = do_GET
+
+    def _runbook(self, name: str) -> None:
+        from agent.runbooks import read_runbook
+
+        try:
+            text = read_runbook(name)
+        except KeyError:
+            self._text(404, f"no runbook named {name}")
+            return
+        self._send(200, text.encode(), "text/markdown; charset=utf-8")
+
+    def do_POST(self) -> None:  # noqa: N802
+        path = self._path
+        if path in GET_PATHS or _RUNBOOK_PATH.match(path):
+            self._discard_body()
+            self._not_allowed("GET, HEAD")
+            return
+        if path not in POST_PATHS:
+            self._discard_body()
+            self._text(404, f"no such path: {path[:200]}")
+            return
+        if not self._discard_body():
+            return
+        token = self.agent.settings.agent.admin_token
+        if token is None:
+            self._text(404, "POST endpoints are disabled: no agent.admin_token is configured")
+            return
+        given = self.headers.get("Authorization") or ""
+        expected = f"Bearer {token.get_secret_value()}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            self._text(401, "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="opsagent"'})
+            return
+        backup = self.agent.backup
+        if backup is None:
+            self._text(409, "no backups are configured (backup.repository, rds_instances or elasticache_clusters)")
+            return
+        if backup.trigger_backup():
+            self._json(202, {"started": True})
+        else:
+            self._json(409, {"started": False, "reason": "a backup run is already in progress"})
+
+    def _other(self) -> None:
+        self._discard_body()
+        path = self._path
+        if path in GET_PATHS or _RUNBOOK_PATH.match(path):
+            self._not_allowed("GET, HEAD")
+        elif path in POST_PATHS:
+            self._not_allowed("POST")
+        else:
+            self._text(404, f"no such path: {path[:200]}")
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other
+
+
+class HttpServer:
+    def __init__(self, server: _Server) -> None:
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
+                                        name="http", daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"{host}:{port}"
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def serve(agent: Agent) -> HttpServer:
+    import socket
+
+    handler = type("AgentHandler", (Handler,), {"agent": agent})
+    server_cls = _Server
+    if ":" in agent.settings.agent.listen_host:
+        server_cls = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
+    server = server_cls((agent.settings.agent.listen_host, agent.settings.agent.listen_port), handler)
+    return HttpServer(server)

@@ -1,0 +1,75 @@
+"""CPU utilisation of the task/container limit (ECS metadata, cgroup v2) or the host."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import ClassVar
+
+from agent.config import HostTarget
+from checks import host
+from checks.base import CheckError, Gauge, Reading, SimpleCheck
+
+
+class CpuCheck(SimpleCheck):
+    kind: ClassVar[str] = "cpu"
+
+    def __init__(self, target: HostTarget) -> None:
+        self.target = target
+        self.cgroup_root = Path(target.cgroup_root)
+        self._sampler = host.CpuSampler()
+        self._warm_wait = min(1.0, target.deadline / 4)
+
+    def _source(self) -> str:
+        if self.target.source != "auto":
+            return self.target.source
+        if host.ecs_base_url():
+            return "ecs"
+        if host.cgroup_cpu_limit(self.cgroup_root) is not None:
+            return "cgroup"
+        return "host"
+
+    def measure(self) -> Reading:
+        source = self._source()
+        if source == "ecs":
+            base = host.ecs_base_url()
+            if not base:
+                raise CheckError(f"source is ecs but {host.ECS_ENV} is not set")
+            ratio, details = host.ecs_cpu(host.read_ecs(base, timeout=min(5.0, self.target.deadline)))
+            gauges = tuple(
+                Gauge("opsagent_container_cpu_utilisation_ratio", c["utilisation"], {"container": name},
+                      "CPU used by a task container over its limit")
+                for name, c in details["containers"].items() if c["utilisation"] is not None
+            )
+            return Reading(ratio, {"source": "ecs task metadata v4", **details}, gauges, source="ecs")
+        if source == "cgroup":
+            limit = host.cgroup_cpu_limit(self.cgroup_root)
+            if limit is None:
+                raise CheckError(f"source is cgroup but {self.cgroup_root / 'cpu.max'} sets no limit")
+            cores = self._sample(lambda: host.cgroup_cpu_usage_seconds(self.cgroup_root))
+            return Reading(cores / limit, {"source": "cgroup v2", "limit_cores": limit, "cores_used": round(cores, 4)},
+                           (Gauge("opsagent_cpu_limit_cores", limit, {}, "CPU limit in cores"),), source="cgroup")
+        import psutil
+
+        count = psutil.cpu_count() or 1
+        cores = self._sample(lambda: _busy_seconds(psutil))
+        return Reading(min(1.0, cores / count), {"source": "host (psutil)", "cores": count, "cores_used": round(cores, 4)},
+                       (Gauge("opsagent_cpu_limit_cores", float(count), {}, "CPU limit in cores"),), source="host")
+
+    def _sample(self, read: Callable[[], float]) -> float:
+        """Cores used since the previous run; the very first run waits briefly for a second sample."""
+        cores = self._sampler.cores(read())
+        if cores is None:
+            time.sleep(self._warm_wait)  # first run only: a rate needs two samples
+            cores = self._sampler.cores(read())
+        if cores is None:
+            raise CheckError("CPU counter went backwards; retry next interval")
+        return cores
+
+
+def _busy_seconds(psutil: ModuleType) -> float:
+    """Host CPU seconds spent not idle, summed over all cores."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))

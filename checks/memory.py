@@ -1,0 +1,61 @@
+"""Memory utilisation of the task/container limit (ECS metadata, cgroup v2) or the host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from agent.config import HostTarget
+from checks import host
+from checks.base import CheckError, Gauge, Reading, SimpleCheck
+
+
+class MemoryCheck(SimpleCheck):
+    kind: ClassVar[str] = "memory"
+
+    def __init__(self, target: HostTarget) -> None:
+        self.target = target
+        self.cgroup_root = Path(target.cgroup_root)
+
+    def _source(self) -> str:
+        if self.target.source != "auto":
+            return self.target.source
+        if host.ecs_base_url():
+            return "ecs"
+        if host.cgroup_memory_limit(self.cgroup_root) is not None:
+            return "cgroup"
+        return "host"
+
+    def measure(self) -> Reading:
+        source = self._source()
+        if source == "ecs":
+            base = host.ecs_base_url()
+            if not base:
+                raise CheckError(f"source is ecs but {host.ECS_ENV} is not set")
+            ratio, details = host.ecs_memory(host.read_ecs(base, timeout=min(5.0, self.target.deadline)))
+            gauges = tuple(
+                Gauge("opsagent_container_memory_used_bytes", float(c["used_bytes"]), {"container": name},
+                      "Working-set memory of a task container")
+                for name, c in details["containers"].items()
+            )
+            return Reading(ratio, {"source": "ecs task metadata v4", **details}, gauges, source="ecs")
+        if source == "cgroup":
+            limit = host.cgroup_memory_limit(self.cgroup_root)
+            if limit is None:
+                raise CheckError(f"source is cgroup but {self.cgroup_root / 'memory.max'} sets no limit")
+            used = host.cgroup_memory_used(self.cgroup_root)
+            return Reading(used / limit, {"source": "cgroup v2", "used_bytes": used, "limit_bytes": limit},
+                           _gauges(used, limit), source="cgroup")
+        import psutil
+
+        vm = psutil.virtual_memory()
+        used = vm.total - vm.available
+        return Reading(used / vm.total, {"source": "host (psutil)", "used_bytes": used, "limit_bytes": vm.total},
+                       _gauges(used, vm.total), source="host")
+
+
+def _gauges(used: int, limit: int) -> tuple[Gauge, ...]:
+    return (
+        Gauge("opsagent_memory_used_bytes", float(used), {}, "Memory in use (working set)"),
+        Gauge("opsagent_memory_limit_bytes", float(limit), {}, "Memory limit that utilisation is measured against"),
+    )
