@@ -134,7 +134,8 @@ def evaluate(prev: AlertState | None, rule: Rule, check: str, target: str, obs: 
         s = replace(s, clear_since=None)
         if s.phase is Phase.INACTIVE:
             s = replace(s, phase=Phase.PENDING, pending_since=obs.at, resolved_at=None, notified=False)
-        if s.phase is Phase.PENDING and obs.at - (s.pending_since or obs.at) >= rule.for_seconds:
+        pending_since = obs.at if s.pending_since is None else s.pending_since
+        if s.phase is Phase.PENDING and obs.at - pending_since >= rule.for_seconds:
             s = replace(s, phase=Phase.FIRING, firing_since=obs.at, notified=False)
             return s, Transition("firing", s, obs.at)
         return s, None

@@ -84,7 +84,7 @@ def _what(state: AlertState) -> str:
 def describe(state: AlertState, agent: str, context: Mapping[str, Any] | None = None) -> tuple[str, str, str, str]:
     """``(summary, description, value, threshold)`` annotation texts."""
     spec = ALARMS[state.alertname]
-    since = state.firing_since or state.pending_since or state.last_at or 0.0
+    since = next((t for t in (state.firing_since, state.pending_since, state.last_at) if t is not None), 0.0)
     summary = spec.summary.format(target=state.target)
     if state.alertname == "TargetDown":
         value_text, threshold_text = "down", "up"
@@ -125,7 +125,7 @@ def alert_payload(state: AlertState, status: str, ident: Identity, *, at: float,
     """The sink-neutral alert record queued in every outbox (JSON-serialisable)."""
     labels = labels_for(state, ident.agent)
     summary, description, value_text, threshold_text = describe(state, ident.agent, context)
-    starts = state.firing_since or state.pending_since or at
+    starts = next((t for t in (state.firing_since, state.pending_since) if t is not None), at)
     return {
         "status": status,  # "firing" | "resolved"
         "fingerprint": fingerprint(labels),
