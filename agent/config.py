@@ -198,8 +198,9 @@ class S3ReplicationTarget(TargetBase):
     destination_region: str | None = None
     prefix: str = ""
     rpo: Duration = 900.0
-    max_objects: Annotated[int, Field(ge=1)] = 100_000
+    max_objects: Annotated[int, Field(ge=1)] = 50_000  # source objects compared per run (1000 per request)
     interval: Duration = 300.0
+    timeout: Duration | None = 60.0  # listing two buckets takes longer than the 10s default deadline
 
 
 # Kinds configured as a list of named targets (cpu/memory are single host targets).

@@ -19,6 +19,9 @@ _MODULES = {
     "pgbouncer": ("checks.pgbouncer", "PgBouncerCheck"),
     "redis": ("checks.redis", "RedisCheck"),
     "error_rate": ("checks.error_rate", "ErrorRateCheck"),
+    "sqs": ("checks.sqs", "SqsCheck"),
+    "bullmq": ("checks.bullmq", "BullMQCheck"),
+    "s3_replication": ("checks.s3_replication", "S3ReplicationCheck"),
 }
 
 KINDS = tuple(_MODULES)
