@@ -18,7 +18,6 @@ from redis.retry import Retry
 from agent.config import RedisTarget
 from checks.base import CheckError, Gauge, Reading
 
-CLIENT_NAME = "opsagent"
 BASIS_MAXMEMORY = "maxmemory"
 BASIS_SYSTEM = "system memory (maxmemory is 0)"
 
@@ -68,12 +67,13 @@ class RedisCheck:
         deadline = target.deadline
         # No retries: one attempt per run; a slow or dead server is the runner's
         # business, and retries would multiply the socket timeouts past the deadline.
+        # No CLIENT SETNAME/SETINFO on connect: a least-privilege ACL user (+info
+        # only) must be able to run this check.
         self._client = redis.Redis.from_url(
             target.url.get_secret_value(),
             socket_timeout=max(0.5, deadline * 0.8),
             socket_connect_timeout=max(0.5, min(5.0, deadline * 0.8)),
             retry=Retry(NoBackoff(), 0),
-            client_name=CLIENT_NAME,
             lib_name=None,
             lib_version=None,
             single_connection_client=True,
