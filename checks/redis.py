@@ -11,12 +11,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import inspect
+
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from agent.config import RedisTarget
 from checks.base import CheckError, Gauge, Reading
+
+# redis-py 8 replaced lib_name/lib_version with driver_info; None in either disables CLIENT SETINFO.
+_NO_SETINFO: dict[str, Any] = (
+    {"driver_info": None} if "driver_info" in inspect.signature(redis.Redis.__init__).parameters
+    else {"lib_name": None, "lib_version": None}
+)
 
 BASIS_MAXMEMORY = "maxmemory"
 BASIS_SYSTEM = "system memory (maxmemory is 0)"
@@ -74,8 +82,7 @@ class RedisCheck:
             socket_timeout=max(0.5, deadline * 0.8),
             socket_connect_timeout=max(0.5, min(5.0, deadline * 0.8)),
             retry=Retry(NoBackoff(), 0),
-            lib_name=None,
-            lib_version=None,
+            **_NO_SETINFO,
             single_connection_client=True,
             health_check_interval=0,
         )
