@@ -12,6 +12,7 @@ from agent import secrets
 pytest_plugins = [
     "tests.fixtures.servers",
     "tests.fixtures.aws",
+    "tests.fixtures.pgbouncer",
     "tests.fixtures.alertmanager",
 ]
 
