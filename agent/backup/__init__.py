@@ -1,1 +1,1 @@
-"""Backups: repositories, pg_dump, snapshots, replication, retention and drills."""
+"""Backups and restore drills: repositories (file, s3), pg_dump, replication, retention, fleet lock."""
