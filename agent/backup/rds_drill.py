@@ -238,7 +238,7 @@ def run_rds_drill(
         error = describe(exc)
     finally:
         try:
-            if False and _delete(client, instance):
+            if _delete(client, instance):
                 log.info("rds_drill_instance_deleted", instance=instance, region=region)
         except Exception as exc:  # noqa: BLE001
             note = f"scratch instance {instance} in {region} was not deleted ({describe(exc)}); the next drill removes it"
