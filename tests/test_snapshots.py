@@ -306,7 +306,8 @@ def test_newest_reports_snapshot_and_replica_times(aws: Any) -> None:
     rds().delete_db_snapshot(DBSnapshotIdentifier=snapshot_id("db2", SLOT - timedelta(hours=1)))
     by_target = {e["target"]: e for e in manager.newest()}
     db1 = by_target["db1"]
-    assert db1["snapshot_id"] == snapshot_id("db1", SLOT) and db1["kind"] == "rds" and db1["region"] == PRIMARY
+    assert db1["snapshot_id"] == snapshot_id("db1", SLOT) and db1["kind"] == "rds"
+    assert db1["region"] == REPLICA and db1["primary_region"] == PRIMARY
     primary = manual_snapshots(PRIMARY)[snapshot_id("db1", SLOT)]["SnapshotCreateTime"].timestamp()
     assert db1["time"] == pytest.approx(primary) and db1["replica_time"] == pytest.approx(primary)
     assert by_target["db2"]["snapshot_id"] is None and by_target["db2"]["time"] is None
@@ -320,3 +321,18 @@ def test_snapshot_errors_never_show_secrets(aws: Any) -> None:
     secrets.register(["ghost-secret-name"])
     (outcome,) = SnapshotManager(settings(rds_instances=["ghost-secret-name"])).run_slot(SLOT)
     assert not outcome.ok and "ghost-secret-name" not in (outcome.error or "") and "***" in (outcome.error or "")
+
+
+def test_newest_without_replica_region_has_no_replica_region(aws: Any) -> None:
+    """Without backup.replica_region a target's entry names no replica region, so no replica age applies."""
+    make_instance()
+    ec = boto3.client("elasticache", region_name=PRIMARY)
+    ec.create_cache_cluster(CacheClusterId="cache1", Engine="redis", CacheNodeType="cache.t3.micro", NumCacheNodes=1)
+    manager = SnapshotManager(settings(rds_instances=["db1"], elasticache_clusters=["cache1"]))
+    outcomes = manager.run_slot(SLOT)
+    assert all(o.ok and o.replica_ok is None and o.replica_region is None and o.error is None for o in outcomes)
+    entries = {e["kind"]: e for e in manager.newest()}
+    assert set(entries) == {"rds", "elasticache"}
+    assert all(e["region"] is None and e["replica_time"] is None for e in entries.values())
+    assert entries["elasticache"]["snapshot_id"] == snapshot_id("cache1", SLOT)
+    assert entries["elasticache"]["time"] == SLOT.timestamp()

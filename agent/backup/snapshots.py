@@ -693,20 +693,25 @@ class SnapshotManager:
     def newest(self) -> list[dict[str, Any]]:
         """Per configured target, the newest available snapshot and its newest copy in the replica region.
 
-        Entries: ``{kind, target, snapshot_id, time, replica_time, region}`` (unix times; ``snapshot_id``
-        and ``time`` are None for a target that has no snapshot yet, ``error`` is added when AWS could
-        not be asked). ``replica_time`` is when the data of the newest replica-region copy was taken.
+        Entries: ``{kind, target, snapshot_id, time, replica_time, region, primary_region}``. Times are
+        unix seconds of when the data was taken (``replica_time``: of the newest replica-region copy's
+        original). ``region`` is the replica region the copies are expected in, None when no copy is
+        configured or possible (ElastiCache), so no replica age applies; ``primary_region`` is where
+        the snapshots are taken. ``snapshot_id``/``time`` are None for a target without a snapshot
+        yet; ``error`` is added when AWS could not be asked.
         """
         out: list[dict[str, Any]] = []
         for kind, target in self._safe_targets():
+            replicated = len(self._regions(kind)) > 1
             entry: dict[str, Any] = {"kind": kind, "target": target, "snapshot_id": None, "time": None,
-                                     "replica_time": None, "region": self.region}
+                                     "replica_time": None, "region": self.replica_region if replicated else None,
+                                     "primary_region": self.region}
             try:
                 primary = self.newest_record(kind, target, self.region)
                 if primary is not None:
                     entry["snapshot_id"] = primary.snapshot_id
                     entry["time"] = primary.data_time
-                if len(self._regions(kind)) > 1 and self.replica_region:
+                if replicated and self.replica_region:
                     replica = self.newest_record(kind, target, self.replica_region)
                     entry["replica_time"] = replica.data_time if replica else None
             except Exception as exc:  # noqa: BLE001
