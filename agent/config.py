@@ -322,6 +322,8 @@ class BackupSection(Model):
     drill_dsn: PostgresDsn | None = None
     lock_dsn: PostgresDsn | None = None  # PostgreSQL advisory lock shared by the fleet
     pg_dump_path: str | None = None
+    snapshot_wait_timeout: Duration = 3600.0  # RDS/ElastiCache snapshot or cross-region copy becoming available
+    rds_drill: bool = False  # drills also restore the newest replica-region RDS snapshot into a scratch instance
 
     @model_validator(mode="after")
     def _coherent(self) -> BackupSection:
