@@ -22,6 +22,17 @@ def _scrub(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     return secrets.scrub_any(event_dict)  # type: ignore[no-any-return]
 
 
+class _StdlibBridge(logging.Handler):
+    """Route libraries' stdlib logging (APScheduler, botocore…) through structlog's chain."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed library log record must not break logging
+            message = str(record.msg)
+        structlog.get_logger(record.name).log(record.levelno, "library_log", logger=record.name, message=message)
+
+
 def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
     """Configure structlog once per process (safe to call again, e.g. after config is loaded)."""
     stream = stream or sys.stderr
@@ -42,3 +53,8 @@ def configure(level: str = "info", stream: TextIO | None = None, json: bool | No
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _StdlibBridge)] + [_StdlibBridge()]
+    root.setLevel(logging.WARNING)
+    # APScheduler's skipped/missed-run warnings are counted as metrics and logged by the daemon.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)

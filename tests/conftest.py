@@ -13,7 +13,9 @@ pytest_plugins = [
     "tests.fixtures.servers",
     "tests.fixtures.aws",
     "tests.fixtures.pgbouncer",
+    "tests.fixtures.agent",
     "tests.fixtures.alertmanager",
+    "tests.fixtures.backup",
 ]
 
 

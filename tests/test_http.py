@@ -1,0 +1,122 @@
+"""The HTTP surface: metrics, health, readiness, status JSON and page, and refusals."""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import subprocess
+from collections.abc import Callable
+
+import requests
+
+from tests.fixtures.agent import RunningAgent, poll
+from tests.fixtures.servers import HangingServer, closed_port
+
+Start = Callable[..., RunningAgent]
+
+
+def test_metrics_pass_promtool_and_carry_the_spec_names(start_agent: Start) -> None:
+    """A real scrape passes `promtool check metrics` and holds the SPEC §6 series."""
+    a = start_agent({"checks": {"redis": [{"name": "gone", "url": f"redis://127.0.0.1:{closed_port()}/0", "interval": "1s"}]}})
+    poll(lambda: a.get("/readyz").status_code == 200)
+    body = a.get("/metrics").text
+    for name in ('opsagent_check_value{check="memory",target="task"}', 'opsagent_check_up{check="redis",target="gone"} 0.0',
+                 'opsagent_check_up{check="cpu",target="task"} 1.0', "opsagent_check_duration_seconds_bucket",
+                 'opsagent_build_info{version="', "opsagent_memory_used_bytes"):
+        assert name in body, name
+    proc = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "" and proc.stderr.strip() == "", proc.stdout + proc.stderr
+
+
+def test_metrics_gzip_when_asked(start_agent: Start) -> None:
+    """A scraper that accepts gzip gets a gzip body with the same exposition."""
+    a = start_agent({})
+    poll(lambda: a.get("/readyz").status_code == 200)
+    raw = requests.get(a.url + "/metrics", headers={"Accept-Encoding": "gzip"}, timeout=10, stream=True).raw.read()
+    assert gzip.decompress(raw).startswith(b"# HELP")
+
+
+def test_status_json_and_page_show_values_thresholds_errors_and_runbooks(start_agent: Start) -> None:
+    """/status has value, threshold, state and error per check; / shows the same with runbook links."""
+    port = closed_port()
+    a = start_agent({"checks": {"postgres": [{"name": "main", "dsn": f"postgresql://app:pw-s3cr3t@127.0.0.1:{port}/app",
+                                              "interval": "1s"}]}})
+    poll(lambda: a.get("/readyz").status_code == 200)
+    status = a.status()
+    mem = a.check_row("memory", "task")
+    assert mem is not None and mem["up"] is True and mem["threshold"] == 0.9 and mem["alert"] == "HighMemory"
+    assert 0 < mem["value"] < 1
+    pg = a.check_row("postgres", "main")
+    assert pg is not None and pg["up"] is False and pg["error"]
+    assert "pw-s3cr3t" not in a.get("/status").text
+    assert status["agent"]["ready"] is True
+    page = a.get("/").text
+    assert "HighMemory.md" in page and "postgres" in page and "pw-s3cr3t" not in page
+
+
+def test_readyz_waits_for_the_first_round(start_agent: Start, hanging_server: HangingServer) -> None:
+    """/readyz answers 503 while a target's first run is still within its deadline, then 200."""
+    a = start_agent({"checks": {"redis": [{"name": "hung", "url": f"redis://127.0.0.1:{hanging_server.port}/0",
+                                           "interval": "10s", "timeout": "3s"}]}})
+    assert a.get("/readyz").status_code == 503
+    poll(lambda: a.get("/readyz").status_code == 200, timeout=10)
+    row = a.check_row("redis", "hung")
+    assert row is not None and row["up"] is False
+
+
+def test_healthz_fails_when_the_scheduler_is_dead(start_agent: Start) -> None:
+    """/healthz turns 503 with a reason once the scheduler stops."""
+    a = start_agent({})
+    assert a.get("/healthz").status_code == 200
+    a.agent.scheduler.shutdown(wait=False)
+    r = a.get("/healthz")
+    assert r.status_code == 503 and "scheduler" in r.text
+
+
+def test_unknown_paths_404_and_wrong_methods_405(start_agent: Start) -> None:
+    """Unknown paths get 404, known paths with the wrong method 405 with Allow."""
+    a = start_agent({})
+    assert a.get("/nope").status_code == 404
+    assert a.get("/../../etc/passwd").status_code == 404
+    assert a.get("/runbooks/..%2f..%2fetc%2fpasswd").status_code == 404
+    r = requests.post(a.url + "/metrics", data=b"x", timeout=10)
+    assert r.status_code == 405 and "GET" in r.headers["Allow"]
+    r = requests.delete(a.url + "/status", timeout=10)
+    assert r.status_code == 405
+    assert requests.get(a.url + "/backup", timeout=10).status_code == 405
+
+
+def test_post_backup_needs_a_configured_token(start_agent: Start) -> None:
+    """POST /backup is 404 without admin_token, 401 with a wrong or missing bearer."""
+    a = start_agent({})
+    assert requests.post(a.url + "/backup", timeout=10).status_code == 404
+    b = start_agent({"agent": {"admin_token": "adm-tok-123456"}})
+    assert requests.post(b.url + "/backup", timeout=10).status_code == 401
+    r = requests.post(b.url + "/backup", headers={"Authorization": "Bearer wrong"}, timeout=10)
+    assert r.status_code == 401 and "adm-tok-123456" not in r.text
+    r = requests.post(b.url + "/backup", headers={"Authorization": "Bearer adm-tok-123456"}, timeout=10)
+    assert r.status_code == 409  # authorised, but no backups configured
+
+
+def test_oversized_body_is_refused(start_agent: Start) -> None:
+    """A POST body over the limit gets 413 and the server keeps serving."""
+    a = start_agent({"agent": {"admin_token": "adm-tok-123456"}})
+    r = requests.post(a.url + "/backup", data=b"x" * (200 * 1024), timeout=10,
+                      headers={"Authorization": "Bearer adm-tok-123456"})
+    assert r.status_code == 413
+    assert a.get("/metrics").status_code == 200
+
+
+def test_a_slow_client_does_not_block_metrics(start_agent: Start) -> None:
+    """A client that sends half a request and stalls does not delay other scrapers."""
+    a = start_agent({})
+    host, port = a.settings.agent.listen.split(":")
+    stalled = [socket.create_connection((host, int(port)), timeout=5) for _ in range(20)]
+    for s in stalled:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finishes the headers
+    try:
+        assert a.get("/metrics").status_code == 200
+    finally:
+        for s in stalled:
+            s.close()
