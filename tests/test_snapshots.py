@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import boto3
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from agent import aws as aws_clients
@@ -336,3 +339,22 @@ def test_newest_without_replica_region_has_no_replica_region(aws: Any) -> None:
     assert all(e["region"] is None and e["replica_time"] is None for e in entries.values())
     assert entries["elasticache"]["snapshot_id"] == snapshot_id("cache1", SLOT)
     assert entries["elasticache"]["time"] == SLOT.timestamp()
+
+
+_RDS_ID = re.compile(r"^[a-z](?!.*--)[a-z0-9-]{0,253}[a-z0-9]$")
+
+
+@given(
+    target=st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,20}(-[A-Za-z0-9]{1,10}){0,3}", fullmatch=True),
+    slot=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31),
+                      timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30))])),
+    seconds=st.integers(min_value=0, max_value=59),
+)
+def test_snapshot_ids_are_valid_and_one_per_minute_slot(target: str, slot: datetime, seconds: int) -> None:
+    """Any slot time within one UTC minute names the same valid RDS/ElastiCache snapshot id."""
+    start = slot.replace(second=0, microsecond=0)
+    ident = snapshot_id(target, start)
+    assert _RDS_ID.match(ident), ident
+    assert snapshot_id(target, start + timedelta(seconds=seconds)) == ident
+    assert snapshot_id(target, start + timedelta(minutes=1)) != ident
+    assert ident.endswith(start.astimezone(timezone.utc).strftime("%Y%m%d%H%M"))

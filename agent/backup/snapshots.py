@@ -623,8 +623,11 @@ class SnapshotManager:
             unsupported = type(exc).__name__ == "ResponseParserError" or error_code(exc) in (
                 "InvalidParameterValue", "InvalidParameterCombination", "InvalidSnapshotState",
                 "NotImplemented", "InternalFailure")
+            why = ("it answered with an error page instead of an AWS response"
+                   if type(exc).__name__ == "ResponseParserError" else describe(exc))
             msg = (f"ElastiCache snapshot {record.snapshot_id}: export to s3://{parts.netloc}/{key} is not "
-                   f"supported by this endpoint ({describe(exc)}); the snapshot itself is available in {self.region}")
+                   f"supported by this endpoint ({why}); no copy outside ElastiCache was made, "
+                   f"the snapshot itself is available in {self.region}")
             if unsupported:
                 log.warning("snapshot_copy_unsupported", kind="elasticache", snapshot=record.snapshot_id, reason=msg)
                 return None, msg
