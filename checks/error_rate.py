@@ -169,7 +169,7 @@ class ErrorRateCheck:
             )
         self._cloudwatch_queries: list[dict[str, Any]] = []
         if target.cloudwatch is not None:
-            self._cloudwatch_queries = _cloudwatch_queries(target)
+            self._cloudwatch_queries = cloudwatch_queries(target)
 
     def measure(self) -> Reading:
         if self._request is not None:
@@ -266,7 +266,7 @@ class ErrorRateCheck:
         return None
 
 
-def _cloudwatch_queries(target: ErrorRateTarget) -> list[dict[str, Any]]:
+def cloudwatch_queries(target: ErrorRateTarget) -> list[dict[str, Any]]:
     """Two plain MetricStat queries (Sum per minute); summed by the agent."""
     cw = target.cloudwatch
     assert cw is not None
