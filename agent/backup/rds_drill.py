@@ -194,6 +194,9 @@ def run_rds_drill(
                                "snapshot copy, so set backup.replica_region", begun)
     try:
         client = client_factory("rds", region)
+    except Exception as exc:  # noqa: BLE001
+        return failed(targets, f"cannot make an RDS client for {region}: {describe(exc)}", begun)
+    try:
         remove_leftovers(client, region)
     except Exception as exc:  # noqa: BLE001 - a leftover we cannot remove must not stop the drill
         log.warning("rds_drill_leftovers_failed", region=region, error=describe(exc))

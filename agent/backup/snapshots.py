@@ -496,12 +496,6 @@ class SnapshotManager:
     def _adapter(self, kind: str) -> _Adapter:
         return self._elasticache if kind == "elasticache" else self._rds[kind]
 
-    def targets(self) -> list[tuple[str, str]]:
-        """(kind, target) for every configured id; the RDS kind is looked up (instance or cluster)."""
-        out = [(self.kind_of(t), t) for t in self.backup.rds_instances]
-        out.extend(("elasticache", t) for t in self.backup.elasticache_clusters)
-        return out
-
     # -- one slot --
 
     def run_slot(self, slot: datetime) -> list[SnapshotOutcome]:
@@ -532,7 +526,7 @@ class SnapshotManager:
             log.warning("snapshot_failed", kind=resolved, target=target, snapshot=snap_id, region=self.region,
                         error=error)
             return SnapshotOutcome(resolved, target, snap_id, False, error, started, self._clock(),
-                                   None, replica_region)
+                                   None, None if resolved == "elasticache" else replica_region)
         if replica_region is None:
             return SnapshotOutcome(resolved, target, snap_id, True, None, started, self._clock(), None, None)
         if resolved == "elasticache":
