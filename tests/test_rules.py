@@ -1,0 +1,166 @@
+"""`opsagent rules export`: Prometheus alerting rules equivalent to the configured alarms."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from agent.alerts.catalog import ALARMS
+from agent.config import Settings
+from agent.rules import render_rules
+
+RB = "https://rb.example/runbooks/"
+
+
+def _settings() -> Settings:
+    return Settings(
+        agent={"name": "api", "runbook_base_url": RB},
+        alerts={"RedisMemoryHigh": {"threshold": "60%", "for": "2m", "severity": "critical"},
+                "HighMemory": {"enabled": False}},
+        backup={"rpo": "30m", "rto": "1h"},
+    )
+
+
+def _promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def test_exported_rules_pass_promtool_check(tmp_path: Path) -> None:
+    """The exported file passes `promtool check rules`, with one rule per enabled alarm."""
+    (tmp_path / "rules.yml").write_text(render_rules(_settings()))
+    checked = _promtool("check", "rules", "rules.yml", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    names = [r["alert"] for r in yaml.safe_load((tmp_path / "rules.yml").read_text())["groups"][0]["rules"]]
+    assert names == [n for n in ALARMS if n != "HighMemory"]
+
+
+def test_exported_rules_carry_overrides_labels_and_runbooks() -> None:
+    """Overridden threshold, `for` and severity, the agent label and runbook links appear in the rules."""
+    rules = {r["alert"]: r for r in yaml.safe_load(render_rules(_settings()))["groups"][0]["rules"]}
+    redis = rules["RedisMemoryHigh"]
+    assert redis["expr"].endswith("> 0.6") and redis["for"] == "2m"
+    assert redis["labels"] == {"severity": "critical", "agent": "api", "check": "redis"}
+    assert set(redis["annotations"]) == {"summary", "description", "value", "threshold", "runbook_url"}
+    assert redis["annotations"]["runbook_url"] == RB + "RedisMemoryHigh.md"
+    assert rules["BackupStale"]["expr"].endswith("> 1800")
+
+
+_UNIT = """\
+rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      # Two sidecars report the same CPU reading of target "task": one alert, not two.
+      - series: 'opsagent_check_value{check="cpu",target="task",instance="a:9108"}'
+        values: '0.5 0.9x10'
+      - series: 'opsagent_check_value{check="cpu",target="task",instance="b:9108"}'
+        values: '0.5 0.85x10'
+      - series: 'opsagent_check_value{check="redis",target="cache",instance="a:9108"}'
+        values: '0.65x10'
+      - series: 'opsagent_check_up{check="postgres",target="main",instance="a:9108"}'
+        values: '1 0x10'
+      - series: 'opsagent_rpo_seconds{kind="pg_dump",target="main",instance="a:9108"}'
+        values: '600+600x10'
+      - series: 'opsagent_backup_last_run_success{kind="pg_dump",target="main",instance="a:9108"}'
+        values: '1 0x10'
+      - series: 'opsagent_drill_last_duration_seconds{target="main",instance="a:9108"}'
+        values: '4000x10'
+      - series: 'opsagent_drill_last_success{target="main",instance="a:9108"}'
+        values: '1x10'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: HighCPU
+        exp_alerts: []
+      - eval_time: 6m
+        alertname: HighCPU
+        exp_alerts:
+          - exp_labels: {alertname: HighCPU, severity: warning, agent: api, check: cpu, target: task}
+            exp_annotations:
+              summary: CPU utilisation of task is high
+              description: 'CPU utilisation of task is high (cpu/task on agent api): value 90% > threshold 80%.'
+              value: '90%'
+              threshold: '80%'
+              runbook_url: https://rb.example/runbooks/HighCPU.md
+      - eval_time: 1m
+        alertname: RedisMemoryHigh
+        exp_alerts: []
+      - eval_time: 3m
+        alertname: RedisMemoryHigh
+        exp_alerts:
+          - exp_labels: {alertname: RedisMemoryHigh, severity: critical, agent: api, check: redis, target: cache}
+            exp_annotations:
+              summary: Redis cache memory usage is high
+              description: 'Redis cache memory usage is high (redis/cache on agent api): value 65% > threshold 60%.'
+              value: '65%'
+              threshold: '60%'
+              runbook_url: https://rb.example/runbooks/RedisMemoryHigh.md
+      - eval_time: 2m
+        alertname: TargetDown
+        exp_alerts:
+          - exp_labels: {alertname: TargetDown, severity: critical, agent: api, check: postgres, target: main}
+            exp_annotations:
+              summary: main does not answer its check
+              description: 'The postgres target main does not answer its check (agent api).'
+              value: down
+              threshold: up
+              runbook_url: https://rb.example/runbooks/TargetDown.md
+      - eval_time: 2m
+        alertname: BackupStale
+        exp_alerts: []
+      - eval_time: 3m
+        alertname: BackupStale
+        exp_alerts:
+          - exp_labels: {alertname: BackupStale, severity: critical, agent: api, check: backup, kind: pg_dump, target: main}
+            exp_annotations:
+              summary: Newest complete backup of main is older than the RPO
+              description: 'Newest complete backup of main is older than the RPO (backup/main on agent api): value 40m 0s > threshold 30m.'
+              value: '40m 0s'
+              threshold: '30m'
+              runbook_url: https://rb.example/runbooks/BackupStale.md
+      - eval_time: 1m
+        alertname: BackupFailed
+        exp_alerts:
+          - exp_labels: {alertname: BackupFailed, severity: warning, agent: api, check: backup_run, kind: pg_dump, target: main}
+            exp_annotations:
+              summary: The last backup or replication run of main failed
+              description: 'The last backup or replication run of main failed (backup_run/main on agent api): value 1 > threshold 0.'
+              value: '1'
+              threshold: '0'
+              runbook_url: https://rb.example/runbooks/BackupFailed.md
+      - eval_time: 1m
+        alertname: RestoreDrillFailed
+        exp_alerts:
+          - exp_labels: {alertname: RestoreDrillFailed, severity: warning, agent: api, check: drill, target: main}
+            exp_annotations:
+              summary: The last restore drill of main failed or exceeded the RTO
+              description: 'The last restore drill of main failed or exceeded the RTO (drill/main on agent api): value 4000 > threshold 0.'
+              value: '4000'
+              threshold: '0'
+              runbook_url: https://rb.example/runbooks/RestoreDrillFailed.md
+      - eval_time: 10m
+        alertname: HighMemory
+        exp_alerts: []
+"""
+
+
+def test_exported_rules_fire_like_the_agent_in_promtool_unit_tests(tmp_path: Path) -> None:
+    """Under `promtool test rules` the exported rules fire after `for`, once per target, with the agent's labels."""
+    (tmp_path / "rules.yml").write_text(render_rules(_settings()))
+    (tmp_path / "test.yml").write_text(_UNIT)
+    tested = _promtool("test", "rules", "test.yml", cwd=tmp_path)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_rules_export_command_prints_the_rules(tmp_path: Path) -> None:
+    """`opsagent rules export --config FILE` prints the rule file for that config and exits 0."""
+    config = tmp_path / "opsagent.yaml"
+    config.write_text("agent: {name: cli-agent}\nalerts: {HighCPU: {threshold: 0.5}}\n")
+    done = subprocess.run([sys.executable, "-m", "agent", "rules", "export", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rules = {r["alert"]: r for r in yaml.safe_load(done.stdout)["groups"][0]["rules"]}
+    assert rules["HighCPU"]["expr"].endswith("> 0.5") and rules["HighCPU"]["labels"]["agent"] == "cli-agent"
