@@ -388,6 +388,13 @@ class BackupService:
                 d_ts.add_metric([d.target], d.finished)
         return [last_ok, replica, rpo, size, duration, run_ok, d_dur, d_ts, d_ok]
 
+    def join(self, timeout: float) -> bool:
+        """Wait for manually triggered runs to finish (tests, shutdown); True if none is left running."""
+        deadline = time.monotonic() + timeout
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
     def stop(self, timeout: float) -> None:
         """Stop promptly: kill a running pg_dump/pg_restore; its half-written backup is cleaned next run."""
         self._stop.set()

@@ -1,0 +1,128 @@
+"""The backup service: schedules, slot markers, freshness results for the alert engine, metrics, status."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from prometheus_client import CollectorRegistry
+
+from agent.backup.schedule import current_slot
+from agent.backup.service import BackupService
+from agent.results import ResultStore
+from tests.fixtures.backup import SourceDb, backup_settings
+from tests.fixtures.servers import closed_port
+
+SLOT = datetime(2026, 11, 25, 14, 0, tzinfo=timezone.utc)
+
+
+def _registry(service: BackupService) -> CollectorRegistry:
+    registry = CollectorRegistry()
+
+    class Adapter:
+        def collect(self):  # type: ignore[no-untyped-def]
+            return service.collect()
+
+    registry.register(Adapter())  # type: ignore[arg-type]
+    return registry
+
+
+def test_jobs_are_utc_cron_schedules_and_a_refresh(tmp_path: Path) -> None:
+    """The daemon gets the backup and drill schedules as UTC cron triggers plus a 30 s refresh."""
+    settings = backup_settings(tmp_path, dsn="postgresql://postgres@127.0.0.1:5432/postgres", schedule="15 * * * *",
+                               drill_dsn="postgresql://postgres@127.0.0.1:5432/postgres", drill_schedule="30 3 * * *")
+    jobs = {job_id: trigger for job_id, trigger, _ in BackupService(settings, ResultStore()).jobs()}
+    assert set(jobs) == {"backup", "drill", "backup_refresh"}
+    assert isinstance(jobs["backup"], CronTrigger) and str(jobs["backup"].timezone) == "UTC"
+    assert jobs["backup"].get_next_fire_time(None, SLOT) == SLOT.replace(minute=15)
+    assert isinstance(jobs["backup_refresh"], IntervalTrigger) and jobs["backup_refresh"].interval.total_seconds() == 30
+
+
+def test_slot_is_the_latest_fire_time_at_or_before_now() -> None:
+    """A job that starts a little late still belongs to the slot it was scheduled for."""
+    trigger = CronTrigger.from_crontab("0 * * * *", timezone="UTC")
+    assert current_slot(trigger, SLOT.replace(minute=3, second=7)) == SLOT
+    assert current_slot(trigger, SLOT) == SLOT
+    weekly = CronTrigger.from_crontab("30 3 * * sun", timezone="UTC")
+    assert current_slot(weekly, SLOT) == datetime(2026, 11, 22, 3, 30, tzinfo=timezone.utc)
+
+
+def test_a_slot_runs_once_and_the_next_slot_runs_again(tmp_path: Path, source_db: SourceDb) -> None:
+    """The same slot is not run twice (marker in the repository); the next slot is."""
+    settings = backup_settings(tmp_path, dsn=source_db.dsn, replica=f"file://{tmp_path / 'replica'}")
+    service = BackupService(settings, ResultStore())
+    assert service.run_slot("backup", SLOT) == "ran"
+    first = service.status()["last_run"]
+    assert BackupService(settings, ResultStore()).run_slot("backup", SLOT) == "done"
+    assert service.status()["last_run"] == first
+    assert service.run_slot("backup", SLOT.replace(hour=15)) == "ran"
+    second = service.status()["last_run"]
+    assert second["slot"] == SLOT.replace(hour=15).isoformat() and second["ok"]
+    assert second["outcomes"][0]["backup_id"] != first["outcomes"][0]["backup_id"]
+    assert service.lock_mechanism == "postgres-advisory"
+
+
+def test_fresh_backup_metrics_and_results(tmp_path: Path, source_db: SourceDb) -> None:
+    """After a good run: last-success timestamps, size, duration, RPO, run success, and age results near zero."""
+    now = [1_800_000_000.0]
+    settings = backup_settings(tmp_path, dsn=source_db.dsn, replica=f"file://{tmp_path / 'replica'}",
+                               replica_region="eu-west-1")
+    store = ResultStore()
+    service = BackupService(settings, store, clock=lambda: now[0])
+    assert service.trigger_backup()
+    assert not service.trigger_backup()  # one run at a time
+    assert service.join(timeout=60)
+    reg = _registry(service)
+    labels = {"kind": "postgres", "target": "main"}
+    assert reg.get_sample_value("opsagent_backup_last_success_timestamp_seconds", labels) == now[0]
+    assert reg.get_sample_value("opsagent_replica_last_success_timestamp_seconds",
+                                {**labels, "region": "eu-west-1"}) == now[0]
+    assert reg.get_sample_value("opsagent_backup_size_bytes", labels) > 1000
+    assert reg.get_sample_value("opsagent_backup_duration_seconds", labels) == 0.0
+    assert reg.get_sample_value("opsagent_backup_last_run_success", labels) == 1.0
+    now[0] += 600
+    service.refresh()
+    assert reg.get_sample_value("opsagent_rpo_seconds", labels) == 600.0
+    assert store.get("backup", "main").value == 600.0
+    assert store.get("replica", "main").value == 600.0
+    assert store.get("backup_run", "main").value == 0.0
+    status = service.status()
+    assert status["rpo_target_seconds"] == 3600.0 and status["rto_target_seconds"] == 7200.0
+    target = status["targets"][0]
+    assert target["newest_backup"]["verified"] and target["newest_replica"]["id"] == target["newest_backup"]["id"]
+    assert target["rpo_seconds"] == 600.0 and status["last_run"]["ok"] is True
+
+
+def test_make_run_config_without_postgres_reports_instead_of_crashing(tmp_path: Path) -> None:
+    """With PostgreSQL absent the run fails cleanly: BackupFailed input is 1 with a reason, ages count from start."""
+    now = [1_800_000_000.0]
+    dsn = f"postgresql://postgres@127.0.0.1:{closed_port()}/postgres"
+    settings = backup_settings(tmp_path, dsn=dsn, name="local", replica=f"file://{tmp_path / 'replica'}",
+                               drill_dsn=dsn)
+    store = ResultStore()
+    service = BackupService(settings, store, clock=lambda: now[0])
+    now[0] += 7200
+    assert service.run_slot("backup", SLOT) == "ran"
+    assert service.lock_mechanism == "flock"  # the database is the lock's first choice; it is down
+    run = store.get("backup_run", "local")
+    assert run.value == 1.0 and "local" not in ("",) and run.details["error"]
+    assert store.get("backup", "local").value == 7200.0  # never backed up: since the agent started
+    assert store.get("replica", "local").value == 7200.0
+    assert store.get("drill", "local").value == 0.0  # configured, not yet run
+    reg = _registry(service)
+    assert reg.get_sample_value("opsagent_backup_last_run_success", {"kind": "postgres", "target": "local"}) == 0.0
+    assert reg.get_sample_value("opsagent_rpo_seconds", {"kind": "postgres", "target": "local"}) == 7200.0
+
+
+def test_last_run_is_shared_through_the_repository(tmp_path: Path) -> None:
+    """An agent that did not run the backup still reports the fleet's last run failure after a refresh."""
+    dsn = f"postgresql://postgres@127.0.0.1:{closed_port()}/postgres"
+    settings = backup_settings(tmp_path, dsn=dsn)
+    BackupService(settings, ResultStore()).run_slot("backup", SLOT)
+    store = ResultStore()
+    other = BackupService(settings, store)
+    other.refresh()
+    assert store.get("backup_run", "main").value == 1.0
+    assert other.status()["last_run"]["ok"] is False
