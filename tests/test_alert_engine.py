@@ -206,3 +206,13 @@ def test_transitions_follow_for_and_hysteresis(steps: list[tuple[int, bool]], fo
         else:
             assert breach or interval > 0 and at - (clear_start or at) < interval, "missed a resolution"
         assert (state.phase is Phase.FIRING) == firing
+
+
+def test_severity_change_does_not_orphan_an_active_alert() -> None:
+    """A firing alert keeps its severity label until it resolves, so its resolution matches the page that was sent."""
+    firing = AlertState("HighCPU", "cpu", "task", phase=Phase.FIRING, severity="warning", firing_since=0, notified=True)
+    critical = Rule("HighCPU", 0.8, 300, "critical")
+    state, t = evaluate(firing, critical, "cpu", "task", Observation(10, False, 0.1), 0)
+    assert t is not None and t.kind == "resolved" and t.state.severity == "warning"
+    state, _ = evaluate(state, critical, "cpu", "task", Observation(20, True, 0.9), 0)
+    assert state.severity == "critical"

@@ -124,3 +124,36 @@ def test_target_down_alert_reaches_alertmanager_without_leaking_the_dsn_password
         assert pipeline.alarm_state("postgres", "main") == {"alert": "TargetDown", "threshold": 0.9, "state": "firing"}
     finally:
         pipeline.stop(5)
+
+
+def test_alertmanager_down_for_ten_minutes_ends_in_the_right_state(tmp_path: Path) -> None:
+    """Alerts and resolutions produced while Alertmanager was down for ten minutes all land once it is up."""
+    am = AlertmanagerServer()  # not started yet: connection refused
+    settings = Settings(
+        agent={"name": "api-sidecar"},
+        checks={"postgres": [{"name": "main", "dsn": "postgresql://app:pw@127.0.0.1:1/app"}],
+                "redis": [{"name": "cache", "url": "redis://127.0.0.1:1/0"}]},
+        notify={"alertmanager_url": am.url, "timeout": "2s"},
+    )
+    pipeline = AlertPipeline(settings, tmp_path, backoff_base=0.01, backoff_cap=0.1)
+    pipeline.start()
+    try:
+        at = time.time() - 900
+        for _ in range(21):  # ten simulated minutes: Postgres fires and resolves, Redis fires and stays
+            pipeline.on_result(_pg(at, 0.95))
+            pipeline.on_result(CheckResult("redis", "cache", True, 0.9, at, 0.01))
+            at += 15
+        for _ in range(2):
+            pipeline.on_result(_pg(at, 0.1))
+            at += 15
+        deadline = time.monotonic() + 5
+        while pipeline.workers["alertmanager"].failures < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert len(pipeline.outboxes["alertmanager"]) == 3
+        am.start()
+        alerts = am.wait_for(lambda a: len(pipeline.outboxes["alertmanager"]) == 0 and len(a) == 1)
+        assert alerts[0]["labels"]["alertname"] == "RedisMemoryHigh"
+    finally:
+        pipeline.stop(5)
+        am.cleanup()

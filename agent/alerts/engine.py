@@ -117,7 +117,9 @@ def evaluate(prev: AlertState | None, rule: Rule, check: str, target: str, obs: 
     s = prev if prev is not None else AlertState(rule.name, check, target, severity=rule.severity)
     if s.last_at is not None and obs.at < s.last_at:
         return s, None  # a stale, out-of-order result never moves the state backwards
-    s = replace(s, severity=rule.severity, threshold=rule.threshold, last_at=obs.at)
+    # Severity is a label, part of the fingerprint: frozen while an alert is active so its resolution matches.
+    severity = rule.severity if s.phase is Phase.INACTIVE else s.severity
+    s = replace(s, severity=severity, threshold=rule.threshold, last_at=obs.at)
 
     if not rule.enabled:
         if s.phase is Phase.FIRING:

@@ -213,7 +213,9 @@ class AlertPipeline:
                 self._save()
         if not firing:
             return
-        contexts = {t.state.key: self._gather_context(t.state.check, t.state.target) for t in firing}
+        # Context describes a live target's load; a TargetDown page has nothing to ask the target.
+        contexts = {t.state.key: self._gather_context(t.state.check, t.state.target)
+                    for t in firing if t.state.alertname != "TargetDown"}
         with self._lock:
             for t in firing:
                 current = self._states.get(t.state.key)
