@@ -134,3 +134,39 @@ def test_sentry_gets_alerts_only_when_sentry_alerts_is_on(tmp_path: Path) -> Non
     dsn = "http://public@127.0.0.1:9/1"
     assert "sentry" not in AlertPipeline(_settings(sentry_dsn=dsn), tmp_path / "a").outboxes
     assert "sentry" in AlertPipeline(_settings(sentry_dsn=dsn, sentry_alerts=True), tmp_path / "b").outboxes
+
+
+_SENTRY_SCRIPT = """
+import sys, time
+from pathlib import Path
+from agent.alerts.pipeline import AlertPipeline
+from agent.config import Settings
+from agent.results import CheckResult
+s = Settings(checks={"pgbouncer": [{"name": "pool", "dsn": "postgresql://stats@127.0.0.1:1/pgbouncer"}]},
+             notify={"sentry_dsn": sys.argv[1], "sentry_alerts": True, "timeout": "3s"})
+p = AlertPipeline(s, Path(sys.argv[2]), backoff_base=0.01)
+p.start()
+at = time.time() - 600
+for value in [3, 3, 3, 3, 3, 0, 0]:
+    p.on_result(CheckResult("pgbouncer", "pool", True, float(value), at, 0.01))
+    at += 15
+deadline = time.monotonic() + 10
+while len(p.outboxes["sentry"]) and time.monotonic() < deadline:
+    time.sleep(0.02)
+p.stop(2)
+"""
+
+
+def test_sentry_receives_the_alert_and_its_resolution(receiver: Receiver, tmp_path: Path) -> None:
+    """With `sentry_alerts: true`, Sentry gets one event when the alert fires and one when it resolves."""
+    import subprocess
+    import sys
+
+    dsn = f"http://publickey@127.0.0.1:{receiver.port}/42"
+    done = subprocess.run([sys.executable, "-c", _SENTRY_SCRIPT, dsn, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    events = [r for r in receiver.wait_for(2) if "PgBouncerClientsWaiting" in json.dumps(r)]
+    assert len(events) == 2 and all(r["path"].startswith("/api/42/") for r in receiver.requests)
+    text = json.dumps(events)
+    assert "[FIRING]" in text and "[RESOLVED]" in text
