@@ -113,19 +113,26 @@ class PostgresCheck:
         self.target = target
         self._params = connect_kwargs(target.dsn.get_secret_value(), target.deadline)
         self._conn: psycopg.Connection[Any] | None = None
+        # Planning MEASURE_SQL (pg_stat_activity is a view over several joins) costs
+        # more than running it: prepare once per connection. A transaction-pooling
+        # proxy in front may lose prepared statements; then run unprepared.
+        self._prepare = True
 
     def _connection(self) -> psycopg.Connection[Any]:
         conn = self._conn
         if conn is None or conn.closed or conn.broken:
             self.close()
-            conn = psycopg.connect(autocommit=True, prepare_threshold=None, **self._params)
+            conn = psycopg.connect(autocommit=True, **self._params)
             self._conn = conn
         return conn
 
     def _fetchone(self, sql: str) -> tuple[Any, ...]:
         conn = self._connection()
         try:
-            row = conn.execute(sql).fetchone()
+            row = conn.execute(sql, prepare=self._prepare).fetchone()
+        except (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement):
+            self._prepare = False
+            row = conn.execute(sql, prepare=False).fetchone()
         except psycopg.Error:
             self.close()  # a broken session is re-established on the next run
             raise
@@ -170,7 +177,7 @@ class PostgresCheck:
     def context(self) -> Mapping[str, Any]:
         """Who holds the connections: top application/user/state groups."""
         conn = self._connection()
-        rows = conn.execute(CONTEXT_SQL).fetchall()
+        rows = conn.execute(CONTEXT_SQL, prepare=False).fetchall()
         return {"top_connection_holders": [
             {"application_name": app, "user": user, "state": state, "connections": int(n)}
             for app, user, state, n in rows
