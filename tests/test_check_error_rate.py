@@ -16,8 +16,9 @@ from structlog.testing import capture_logs
 
 from agent.alerts.catalog import ALARMS
 from agent.aws import client as aws_client
-from agent.config import ErrorRateTarget
+from agent.config import ErrorRateTarget, Settings
 from agent.runner import TargetRunner
+from agent.verdict import verdict
 from checks.base import CheckError
 from checks.error_rate import (
     BASIS_DELTA,
@@ -304,6 +305,7 @@ def test_unreachable_endpoint_is_reported_down_and_others_are_unaffected(app: Ap
         assert any(e.lower() in (result.error or "").lower() for e in expected), result.error
         assert not any("exc_info" in e or "exception" in e for e in logs)
         assert "Traceback" not in repr(logs)
+        assert verdict(Settings(), result).alert == "TargetDown"
     finally:
         if hanging is not None:
             hanging.close()

@@ -14,8 +14,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.alerts.catalog import ALARMS
-from agent.config import PgBouncerTarget, PostgresTarget
+from agent.config import PgBouncerTarget, PostgresTarget, Settings
 from agent.runner import TargetRunner
+from agent.verdict import verdict
 from checks.base import Reading
 from checks.pgbouncer import PgBouncerCheck
 from checks.postgres import PostgresCheck
@@ -185,6 +186,7 @@ def test_unreachable_target_is_reported_down_and_others_are_unaffected(
         assert ADMIN_PASSWORD not in (result.error or "") and "not-the-password" not in (result.error or "")
         assert not any("exc_info" in e or "exception" in e for e in logs)
         assert "Traceback" not in repr(logs)
+        assert verdict(Settings(), result).alert == "TargetDown"
     finally:
         if hanging is not None:
             hanging.close()

@@ -17,8 +17,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.alerts.catalog import ALARMS
-from agent.config import PostgresTarget
+from agent.config import PostgresTarget, Settings
 from agent.runner import TargetRunner
+from agent.verdict import verdict
 from checks.base import Reading
 from checks.postgres import PostgresCheck
 from tests.fixtures.servers import IS_ROOT, HangingServer, PostgresServer, closed_port, pg_bin
@@ -238,6 +239,7 @@ def _assert_down_cleanly(result: Any, logs: list[dict[str, Any]], deadline: floa
     assert PASSWORD not in (result.error or "")
     assert not any("exc_info" in e or "exception" in e for e in logs)
     assert "Traceback" not in repr(logs)
+    assert verdict(Settings(), result).alert == "TargetDown"
 
 
 @pytest.mark.parametrize("mode", ["refused", "wrong_password", "hanging"])

@@ -14,8 +14,9 @@ import redis
 from structlog.testing import capture_logs
 
 from agent.alerts.catalog import ALARMS
-from agent.config import RedisTarget
+from agent.config import RedisTarget, Settings
 from agent.runner import TargetRunner
+from agent.verdict import verdict
 from checks.base import CheckError
 from checks.redis import BASIS_MAXMEMORY, BASIS_SYSTEM, RedisCheck, memory_ratio
 from tests.fixtures.servers import HangingServer, RedisServer, closed_port, free_port, wait_for_port
@@ -198,6 +199,7 @@ def test_unreachable_target_is_reported_down_and_others_are_unaffected(
         assert PASSWORD not in (result.error or "") and "not-the-password" not in (result.error or "")
         assert not any("exc_info" in e or "exception" in e for e in logs)
         assert "Traceback" not in repr(logs)
+        assert verdict(Settings(), result).alert == "TargetDown"
     finally:
         if hanging is not None:
             hanging.close()
