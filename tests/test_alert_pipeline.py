@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from agent.alerts.pipeline import AlertPipeline
@@ -287,3 +290,34 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
     assert 0.5 <= delays[0] <= 1.0 and 4.0 <= delays[3] <= 8.0
     assert all(30.0 <= d <= 60.0 for d in delays[6:])
     assert len({round(d, 6) for d in delays[6:]}) > 1
+
+
+_VALUES = st.lists(st.sampled_from([0.1, 0.9, 0.9, None]), min_size=1, max_size=50)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=_VALUES, cut=st.integers(min_value=0, max_value=50))
+def test_a_restart_anywhere_changes_nothing_the_on_call_receives(values: list[float | None], cut: int) -> None:
+    """Whatever the readings and wherever the agent restarts, the pages and resolutions queued are the same as without a restart."""
+    settings_ = Settings(checks={"redis": [{"name": "cache", "url": "redis://127.0.0.1:1/0", "interval": "15s"}]},
+                         alerts={"RedisMemoryHigh": {"for": "30s"}, "TargetDown": {"for": "15s"}},
+                         notify={"slack_webhook_url": "http://127.0.0.1:9/hook"})
+
+    def feed(p: AlertPipeline, items: list[tuple[int, float | None]]) -> None:
+        for i, value in items:
+            up = value is not None
+            p.on_result(CheckResult("redis", "cache", up, value, 1000.0 + 15 * i, 0.01, None if up else "down"))
+
+    def sent(directory: Path) -> list[tuple[str, str]]:
+        box = AlertPipeline(settings_, directory).outboxes["slack"]
+        return [(m["status"], m["labels"]["alertname"]) for m in box.pending()]
+
+    items = list(enumerate(values))
+    with tempfile.TemporaryDirectory() as once, tempfile.TemporaryDirectory() as twice:
+        feed(AlertPipeline(settings_, Path(once)), items)
+        feed(AlertPipeline(settings_, Path(twice)), items[:cut])
+        feed(AlertPipeline(settings_, Path(twice)), items[cut:])
+        assert sent(Path(twice)) == sent(Path(once))
+        for alertname in ("RedisMemoryHigh", "TargetDown"):
+            statuses = [s for s, name in sent(Path(once)) if name == alertname]
+            assert statuses == ["firing", "resolved"] * (len(statuses) // 2) + ["firing"] * (len(statuses) % 2)
