@@ -1,0 +1,225 @@
+"""Targets that die, hang, refuse, reset mid-query or answer garbage: the daemon rides it out.
+
+PostgreSQL, PgBouncer and Redis are reached through :class:`FaultProxy`, whose
+mode also hits the agent's established, persistent connection. Every secret in
+every DSN is one of the suite's recognisable values.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psutil
+import pytest
+
+from agent.config import load_config
+from agent.daemon import build_runners
+from tests.faults.evidence import BOUNCER_PASSWORD, PG_PASSWORD, REDIS_PASSWORD, SLACK_PATH, figure, record
+from tests.faults.proxy import FaultProxy
+from tests.fixtures import pgbouncer as pgb
+from tests.fixtures.agent import RunningAgent, poll
+from tests.fixtures.alertmanager import Receiver
+from tests.fixtures.pgbouncer import PgBouncerServer
+from tests.fixtures.servers import PostgresServer, RedisServer
+
+FAULT_MODES = ("refuse", "reset", "garbage", "blackhole", "delay")
+
+
+@pytest.fixture(scope="module")
+def secret_pg() -> Iterator[PostgresServer]:
+    server = PostgresServer(max_connections=30, password=PG_PASSWORD).start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def secret_redis() -> Iterator[RedisServer]:
+    server = RedisServer(password=REDIS_PASSWORD).start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def secret_bouncer(private_pg: PostgresServer) -> Iterator[PgBouncerServer]:
+    mp = pytest.MonkeyPatch()
+    mp.setattr(pgb, "ADMIN_PASSWORD", BOUNCER_PASSWORD)
+    server = PgBouncerServer(private_pg, pool_size=2).start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+        mp.undo()
+
+
+@pytest.fixture
+def proxies(secret_pg: PostgresServer, secret_redis: RedisServer,
+            secret_bouncer: PgBouncerServer) -> Iterator[dict[str, FaultProxy]]:
+    made = {"postgres": FaultProxy(secret_pg.port), "pgbouncer": FaultProxy(secret_bouncer.port),
+            "redis": FaultProxy(secret_redis.port)}
+    yield made
+    for proxy in made.values():
+        proxy.close()
+
+
+def _targets(proxies: dict[str, FaultProxy], interval: str = "1s", timeout: str = "2s") -> dict[str, Any]:
+    common = {"interval": interval, "timeout": timeout}
+    return {
+        "postgres": [{"name": "db", "dsn": f"postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{proxies['postgres'].port}/postgres", **common}],
+        "pgbouncer": [{"name": "pool",
+                       "dsn": f"postgresql://{pgb.ADMIN_USER}:{BOUNCER_PASSWORD}@127.0.0.1:{proxies['pgbouncer'].port}/pgbouncer",
+                       **common}],
+        "redis": [{"name": "cache", "url": f"redis://:{REDIS_PASSWORD}@127.0.0.1:{proxies['redis'].port}/0", **common}],
+    }
+
+
+def _firing(agent: RunningAgent, alertname: str, target: str) -> bool:
+    doc = agent.status()
+    record("status", str(doc))
+    return any(a["alertname"] == alertname and a["target"] == target and a["state"] == "firing" for a in doc["alerts"])
+
+
+def _active(agent: RunningAgent, alertname: str) -> set[str]:
+    return {a["target"] for a in agent.status()["alerts"] if a["alertname"] == alertname}
+
+
+def _opsagent_sessions(server: PostgresServer) -> int:
+    return int(server.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'opsagent'"))
+
+
+def test_every_fault_mode_fires_and_resolves_target_down_while_other_checks_keep_their_interval(
+        start_agent: Callable[..., RunningAgent], proxies: dict[str, FaultProxy], secret_pg: PostgresServer) -> None:
+    """Refused, reset, garbage, hung and slow targets each page TargetDown and resolve it once healthy again, while cpu runs every second and /metrics keeps answering."""
+    receiver = Receiver()
+    try:
+        running = start_agent({
+            "checks": _targets(proxies),
+            "alerts": {"TargetDown": {"for": "0s"}},
+            "notify": {"slack_webhook_url": receiver.url + SLACK_PATH, "timeout": "2s"},
+        })
+        cpu_times: list[float] = []
+        running.agent.store.subscribe(lambda r: cpu_times.append(time.monotonic()) if r.check == "cpu" else None)
+        poll(lambda: running.agent.ready.is_set(), timeout=20)
+        poll(lambda: all((running.check_row(k, n) or {}).get("up") for k, n in
+                         (("postgres", "db"), ("pgbouncer", "pool"), ("redis", "cache"))), timeout=20)
+        names = {"postgres": "db", "pgbouncer": "pool", "redis": "cache"}
+        for mode in FAULT_MODES:
+            for proxy in proxies.values():
+                proxy.set_mode(mode, delay=3.0)
+            poll(lambda: _active(running, "TargetDown") >= set(names.values()), timeout=20)
+            for kind, name in names.items():
+                poll(lambda: _firing(running, "TargetDown", name), timeout=10)
+                row = running.check_row(kind, name)
+                assert row is not None and row["up"] is False and row["error"], (mode, kind, row)
+            assert running.get("/healthz").status_code == 200
+            metrics = running.get("/metrics")
+            assert metrics.status_code == 200 and 'opsagent_check_up{check="postgres",target="db"} 0.0' in metrics.text
+            for proxy in proxies.values():
+                proxy.set_mode("pass")
+            poll(lambda: not _active(running, "TargetDown"), timeout=20)
+            for kind, name in names.items():
+                assert (running.check_row(kind, name) or {}).get("up") is True, (mode, kind)
+        # One persistent, tagged session on the database after all that: no pile-up, no leak.
+        poll(lambda: _opsagent_sessions(secret_pg) == 1, timeout=10)
+        # TargetDown fired and resolved once per fault per target, each delivered to Slack in order.
+        bodies = receiver.wait_for(2 * len(FAULT_MODES) * len(names), timeout=20)
+        for body in bodies:
+            record("alert", str(body))
+        for name in names.values():
+            heads = [h for h in (b["text"].splitlines()[0].rstrip("*") for b in bodies) if h.endswith(f"/{name}")]
+            assert len(heads) == 2 * len(FAULT_MODES), heads
+            assert all(("FIRING" in h) == (i % 2 == 0) for i, h in enumerate(heads)), heads
+        gaps = [b - a for a, b in zip(cpu_times, cpu_times[1:])]
+        assert len(cpu_times) > 10 and max(gaps) < 2.0, f"cpu check stalled: longest gap {max(gaps):.2f}s"
+    finally:
+        receiver.close()
+
+
+def test_killed_and_restarted_servers_are_reconnected(start_agent: Callable[..., RunningAgent]) -> None:
+    """A PostgreSQL and a Redis killed outright page TargetDown and are measured again as soon as they come back on the same port."""
+    pg = PostgresServer(max_connections=20, password=PG_PASSWORD).start()
+    redis = RedisServer(password=REDIS_PASSWORD).start()
+    try:
+        running = start_agent({
+            "checks": {
+                "postgres": [{"name": "db", "dsn": pg.dsn(), "interval": "1s", "timeout": "2s"}],
+                "redis": [{"name": "cache", "url": redis.url(), "interval": "1s", "timeout": "2s"}],
+            },
+            "alerts": {"TargetDown": {"for": "0s"}},
+        })
+        poll(lambda: all((running.check_row(k, n) or {}).get("up") for k, n in (("postgres", "db"), ("redis", "cache"))),
+             timeout=20)
+        pg.kill()
+        redis.proc.kill()  # type: ignore[union-attr]
+        redis.proc.wait()  # type: ignore[union-attr]
+        poll(lambda: _active(running, "TargetDown") == {"db", "cache"}, timeout=15)
+        assert running.get("/healthz").status_code == 200
+        pg.start()
+        redis.start()
+        poll(lambda: not _active(running, "TargetDown"), timeout=20)
+        assert (running.check_row("postgres", "db") or {}).get("up") is True
+        assert (running.check_row("redis", "cache") or {}).get("up") is True
+        poll(lambda: _opsagent_sessions(pg) == 1, timeout=10)
+    finally:
+        pg.cleanup()
+        redis.cleanup()
+
+
+def _footprint() -> tuple[int, int, int]:
+    gc.collect()
+    proc = psutil.Process()
+    return proc.memory_info().rss, proc.num_fds(), threading.active_count()
+
+
+def test_five_hundred_failing_rounds_grow_neither_memory_nor_file_descriptors(
+        proxies: dict[str, FaultProxy], tmp_path: Any) -> None:
+    """500 failing rounds per target (refused, reset mid-answer, garbage) leave RSS within 8 MiB and open file descriptors and threads where they were."""
+    config = tmp_path / "c.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump({"checks": {**_targets(proxies, interval="15s", timeout="2s"),
+                                                 "cpu": None, "memory": None}}))
+    settings = load_config(config, env={})
+    runners = build_runners(settings)
+    modes = ("refuse", "reset", "garbage")
+
+    def rounds(n: int) -> int:
+        failures = 0
+        for i in range(n):
+            mode = modes[i % len(modes)]
+            for proxy in proxies.values():
+                proxy.set_mode(mode)
+            for runner in runners.values():
+                failures += not runner.run().up
+        return failures
+
+    rounds(60)  # warm-up: imports, caches, first connections
+    for proxy in proxies.values():
+        proxy.set_mode("pass")
+    for runner in runners.values():
+        assert runner.run().up
+    time.sleep(0.3)
+    before = _footprint()
+    failures = rounds(500)
+    for proxy in proxies.values():
+        proxy.set_mode("pass")
+    results = [runner.run() for runner in runners.values()]
+    assert all(r.up for r in results), [r.error for r in results]
+    time.sleep(0.3)
+    after = _footprint()
+    for runner in runners.values():
+        runner.close()
+    figure("targets_500_rounds", {"rss_growth_mib": round((after[0] - before[0]) / 2**20, 2),
+                                  "fds": [before[1], after[1]], "threads": [before[2], after[2]]})
+    assert failures == 500 * len(runners)
+    rss_growth = after[0] - before[0]
+    assert rss_growth < 8 * 1024 * 1024, f"RSS grew {rss_growth / 2**20:.1f} MiB over 500 failing rounds"
+    assert after[1] <= before[1] + 2, f"open fds {before[1]} -> {after[1]}"
+    assert after[2] <= before[2] + 2, f"threads {before[2]} -> {after[2]}"
