@@ -121,6 +121,17 @@ def test_one_console_connection_is_reused(private_pgbouncer: PgBouncerServer, ch
     assert len(tagged) == 1
 
 
+def test_stats_user_can_run_the_check(private_pgbouncer: PgBouncerServer) -> None:
+    """A user listed only in stats_users gets the full reading, pool sizes included."""
+    c = PgBouncerCheck(target(private_pgbouncer.stats_dsn()))
+    try:
+        reading = c.measure()
+    finally:
+        c.close()
+    assert _pool(reading)["pool_size"] == 2
+    assert reading.value == 0
+
+
 def test_user_not_allowed_on_the_console_is_an_error(private_pgbouncer: PgBouncerServer) -> None:
     """A user missing from admin_users/stats_users gets PgBouncer's refusal, not an empty reading."""
     dsn = f"postgresql://postgres:{APP_PASSWORD}@127.0.0.1:{private_pgbouncer.port}/pgbouncer"
