@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -164,3 +166,35 @@ def test_rules_export_command_prints_the_rules(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     rules = {r["alert"]: r for r in yaml.safe_load(done.stdout)["groups"][0]["rules"]}
     assert rules["HighCPU"]["expr"].endswith("> 0.5") and rules["HighCPU"]["labels"]["agent"] == "cli-agent"
+
+
+def test_a_real_prometheus_fires_the_exported_rules_on_agent_metrics(prometheus_factory: Any) -> None:
+    """A private Prometheus scraping agent-style metrics with the exported rules loaded fires the alert."""
+    from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+    from tests.fixtures.servers import free_port
+
+    registry = CollectorRegistry()
+    Gauge("opsagent_check_value", "v", ["check", "target"], registry=registry).labels("cpu", "task").set(0.9)
+    port = free_port()
+    server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        settings = Settings(agent={"name": "api"}, alerts={"HighCPU": {"threshold": 0.5, "for": "0s"}})
+        config = (
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            "rule_files: [rules.yml]\n"
+            f"scrape_configs: [{{job_name: agent, static_configs: [{{targets: ['127.0.0.1:{port}']}}]}}]\n"
+        )
+        prom = prometheus_factory(config, rule_files={"rules.yml": render_rules(settings)})
+        deadline = time.monotonic() + 30
+        while True:
+            firing = prom.query('ALERTS{alertname="HighCPU",alertstate="firing"}')
+            if firing:
+                break
+            assert time.monotonic() < deadline, "HighCPU never fired in Prometheus"
+            time.sleep(0.2)
+        labels = firing[0]["metric"]
+        assert labels["target"] == "task" and labels["agent"] == "api" and labels["severity"] == "warning"
+        assert "instance" not in labels  # several sidecars reporting one target give one alert
+    finally:
+        server.shutdown()
