@@ -34,6 +34,7 @@ from checks.base import CheckError, Gauge, Reading
 BASIS_DELTA = "delta over window"
 BASIS_FIRST = "cumulative counters (first sample; no earlier scrape yet)"
 BASIS_RESET = "cumulative counters (counter reset; baseline restarted)"
+BASIS_CLOUDWATCH = "CloudWatch sums over window"
 MAX_BODY_BYTES = 32 * 1024 * 1024
 HISTORY_LIMIT = 10_000
 
@@ -221,7 +222,7 @@ class ErrorRateCheck:
             if not token:
                 break
             kwargs["NextToken"] = token
-        result = _ratio(sums["requests"], sums["errors"], self.target.window, BASIS_DELTA)
+        result = _ratio(sums["requests"], sums["errors"], self.target.window, BASIS_CLOUDWATCH)
         return self._reading(result, "cloudwatch")
 
     # -- shared ------------------------------------------------------------------------------

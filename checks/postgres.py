@@ -129,10 +129,11 @@ class PostgresCheck:
     def _fetchone(self, sql: str) -> tuple[Any, ...]:
         conn = self._connection()
         try:
-            row = conn.execute(sql, prepare=self._prepare).fetchone()
-        except (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement):
-            self._prepare = False
-            row = conn.execute(sql, prepare=False).fetchone()
+            try:
+                row = conn.execute(sql, prepare=self._prepare).fetchone()
+            except (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement):
+                self._prepare = False
+                row = conn.execute(sql, prepare=False).fetchone()
         except psycopg.Error:
             self.close()  # a broken session is re-established on the next run
             raise

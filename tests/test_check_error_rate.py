@@ -21,6 +21,7 @@ from agent.runner import TargetRunner
 from agent.verdict import verdict
 from checks.base import CheckError
 from checks.error_rate import (
+    BASIS_CLOUDWATCH,
     BASIS_DELTA,
     BASIS_FIRST,
     BASIS_RESET,
@@ -245,6 +246,7 @@ def test_cloudwatch_alb_ratio_is_computed_by_the_agent(aws: MotoServer) -> None:
     assert reading.value == pytest.approx(37 / 12345, abs=1e-6)
     assert (reading.details["requests"], reading.details["errors_5xx"]) == (12345, 37)
     assert reading.source == "cloudwatch"
+    assert reading.details["basis"] == BASIS_CLOUDWATCH
 
 
 def test_cloudwatch_without_traffic_is_zero(aws: MotoServer) -> None:
