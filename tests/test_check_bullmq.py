@@ -168,3 +168,19 @@ def test_a_target_without_queues_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, env={"OPSAGENT_CHECKS__BULLMQ": '[{"name": "jobs", "url": "redis://127.0.0.1:6379/0", "queues": []}]'})
     assert any("checks.bullmq[0].queues" in p for p in info.value.problems)
+
+
+def test_a_recent_failure_fires_the_failed_jobs_alarm_through_the_engine(bull_redis: RedisServer, r: redis.Redis) -> None:
+    """Through the alert engine, one job failed inside the window fires BullMQFailedJobs and a small backlog fires nothing else."""
+    from agent.alerts.engine import evaluate_result
+    from agent.alerts.pipeline import engine_config
+
+    add_queue(r, "payouts", wait=3, failed_at=[time.time() - 10])
+    check = BullMQCheck(target(bull_redis, ["payouts"]))
+    try:
+        reading = check.measure()
+    finally:
+        check.close()
+    _, transitions = evaluate_result({}, engine_config(Settings()), check="bullmq", target="jobs", up=True,
+                                     value=reading.value, details=reading.details, at=100.0)
+    assert [(t.kind, t.state.alertname) for t in transitions] == [("firing", "BullMQFailedJobs")]

@@ -166,3 +166,17 @@ def test_the_merge_join_agrees_with_a_set_comparison(source: dict[str, tuple[int
     assert result.missing == sum(1 for o in absent if o.modified <= now - rpo)
     assert result.pending == len(absent) - result.missing
     assert result.checked == len(src)
+
+
+def test_missing_replication_pages_at_once_through_the_engine(aws: Any) -> None:
+    """Through the alert engine, a bucket without replication fires S3ReplicationDisabled on the first reading, and old unreplicated objects fire S3ReplicationLagging."""
+    from agent.alerts.engine import evaluate_result
+    from agent.alerts.pipeline import engine_config
+
+    src, _ = buckets(rule_status=None)
+    src.put_object(Bucket=SRC, Key="users/9/id.pdf", Body=b"id")
+    reading = check(ahead=3600).measure()
+    _, transitions = evaluate_result({}, engine_config(Settings()), check="s3_replication", target="kyc", up=True,
+                                     value=reading.value, details=reading.details, at=5000.0)
+    assert sorted((t.kind, t.state.alertname, t.state.severity) for t in transitions) == [
+        ("firing", "S3ReplicationDisabled", "critical"), ("firing", "S3ReplicationLagging", "critical")]

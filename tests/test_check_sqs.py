@@ -121,3 +121,22 @@ def test_the_newest_datapoint_wins_in_any_order(points: list[tuple[int, float]])
     newest = max(points)[1]
     assert oldest_age(stamped, queue_empty=False, visible=1, name="q")[0] == newest
     assert oldest_age(stamped, queue_empty=True, visible=0, name="q")[0] == 0.0
+
+
+def test_a_dead_letter_message_fires_its_alarm_after_one_minute(aws: Any) -> None:
+    """Through the alert engine, a message sitting in the DLQ is pending at first and fires SQSDeadLetterQueueNotEmpty after its 1m `for`."""
+    from agent.alerts.engine import evaluate_result
+    from agent.alerts.pipeline import engine_config
+
+    url, dlq = make_queue("kyc"), make_queue("kyc-dlq")
+    send(dlq, 1)
+    reading = SqsCheck(target(url, dlq)).measure()
+    config = engine_config(Settings())
+    states: dict[Any, Any] = {}
+    fired: list[str] = []
+    for at in (1000.0, 1030.0, 1061.0):
+        new, transitions = evaluate_result(states, config, check="sqs", target="jobs", up=True, value=reading.value,
+                                           details=reading.details, at=at)
+        states.update({s.key: s for s in new})
+        fired += [f"{t.kind}:{t.state.alertname}@{at:g}" for t in transitions]
+    assert fired == ["firing:SQSDeadLetterQueueNotEmpty@1061"]

@@ -190,3 +190,17 @@ def test_the_baked_default_config_is_valid() -> None:
     path = ROOT / arg_defaults(instructions)["CONFIG"]
     settings = load_config(path, env={})
     assert settings.agent.listen_port == 9108
+
+
+def test_runbooks_sit_where_the_installed_agent_looks_for_them(dockerfile: tuple[list[Instruction], list[Stage]]) -> None:
+    """The image keeps the code at /app (editable install) with runbooks at /app/runbooks, where `opsagent runbook` reads them."""
+    from agent.runbooks import runbook_dir
+
+    build = dockerfile[1][0]
+    assert build.all("WORKDIR")[-1].args == "/app"
+    assert any("pip install -e ." in i.args for i in build.all("RUN"))
+    copies = [i.json_or_words() for i in final(dockerfile).all("COPY")]
+    assert ["runbooks/", "/app/runbooks/"] in copies
+    assert any(words[-1] == "/app" and "--from=build" in words for words in copies)
+    # runbook_dir() is <package parent>/runbooks: /app/agent -> /app/runbooks in the image.
+    assert runbook_dir() == Path(__import__("agent").__file__).resolve().parent.parent / "runbooks"
