@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from agent.alerts.catalog import ALARMS
 from agent.alerts.pipeline import AlertPipeline
 from agent.config import Settings
 from agent.notify.worker import backoff_delay
@@ -321,3 +322,19 @@ def test_a_restart_anywhere_changes_nothing_the_on_call_receives(values: list[fl
         for alertname in ("RedisMemoryHigh", "TargetDown"):
             statuses = [s for s, name in sent(Path(once)) if name == alertname]
             assert statuses == ["firing", "resolved"] * (len(statuses) // 2) + ["firing"] * (len(statuses) % 2)
+
+
+def test_status_row_of_a_kind_with_several_alarms_shows_the_one_firing(tmp_path: Path) -> None:
+    """For a kind with two alarms, the /status row names whichever of them fires, with its threshold."""
+    settings_ = Settings(checks={"redis": [{"name": "cache", "url": "redis://127.0.0.1:1/0"}]})
+    p = AlertPipeline(settings_, tmp_path)
+    multi = next(kind for kind in ("sqs", "bullmq", "s3_replication")
+                 if sum(a.check == kind for a in ALARMS.values()) >= 2)
+    second = [a for a in ALARMS.values() if a.check == multi][1]
+    assert second.field is not None
+    first = [a for a in ALARMS.values() if a.check == multi][0]
+    assert p.alarm_state(multi, "q")["alert"] == first.name
+    for i in range(30):
+        p.on_result(CheckResult(multi, "q", True, 0.0, 1000.0 + 60 * i, 0.01, details={second.field: 5}))
+    assert p.alarm_state(multi, "q") == {"alert": second.name, "threshold": p.config.rules[second.name].threshold,
+                                         "state": "firing"}

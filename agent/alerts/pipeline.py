@@ -334,22 +334,29 @@ class AlertPipeline:
         """For a /status row: {"alert": name|None, "threshold": float|None, "state": "inactive"|"pending"|"firing"|"unknown"}.
 
         A down target reports TargetDown while that is pending or firing, else its value alarm as "unknown".
+        A kind with several alarms (sqs, bullmq…) reports the one firing (else pending), else its first alarm.
         """
-        specs = alarms_for_check(check)
-        rule = self.config.rules[specs[0].name] if specs else None
-        threshold = rule.threshold if rule is not None and rule.enabled else None
+        rules = [self.config.rules[spec.name] for spec in alarms_for_check(check)]
+        enabled = [r for r in rules if r.enabled]
         with self._lock:
             up = self._up.get((check, target), True)
             down = self._states.get(("TargetDown", check, target))
-            value_state = self._states.get((rule.name, check, target)) if rule is not None else None
+            states = {r.name: self._states.get((r.name, check, target)) for r in enabled}
+        first = enabled[0] if enabled else None
+        threshold = first.threshold if first is not None else None
         if down is not None and down.active:
             return {"alert": "TargetDown", "threshold": threshold, "state": down.phase.value}
-        if rule is None or not rule.enabled:
+        if first is None:
             return {"alert": None, "threshold": None, "state": "unknown" if not up else "inactive"}
-        if not up or (value_state is not None and value_state.unknown and value_state.phase is not Phase.FIRING):
-            return {"alert": rule.name, "threshold": threshold, "state": "unknown"}
-        state = value_state.phase.value if value_state is not None else "inactive"
-        return {"alert": rule.name, "threshold": threshold, "state": state}
+        for phase in (Phase.FIRING, Phase.PENDING):
+            for rule in enabled:
+                state = states[rule.name]
+                if state is not None and state.phase is phase and not (phase is Phase.PENDING and state.unknown):
+                    return {"alert": rule.name, "threshold": rule.threshold, "state": phase.value}
+        first_state = states[first.name]
+        if not up or (first_state is not None and first_state.unknown):
+            return {"alert": first.name, "threshold": threshold, "state": "unknown"}
+        return {"alert": first.name, "threshold": threshold, "state": "inactive"}
 
     def collect(self) -> Iterable[Metric]:
         """A prometheus_client custom collector: alert_firing, notify queue depth, sent and failure counters."""
