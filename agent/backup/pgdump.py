@@ -68,7 +68,7 @@ def dump(dsn: str, target: str, repo: Repository, *, tool_override: str | None =
             try:
                 written = 0
                 assert proc.stdout is not None
-                while chunk := proc.stdout.read(CHUNK):
+                while chunk := proc.stdout.read1(CHUNK):
                     writer.write(chunk)
                     written += len(chunk)
                     if progress:

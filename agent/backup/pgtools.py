@@ -49,14 +49,15 @@ def tool_version(path: str) -> Tool:
 
 
 def candidates(name: str) -> list[str]:
-    found = []
+    # Keep the name as found: Debian's /usr/bin/pg_dump links to pg_wrapper, which dispatches on argv[0].
+    found: list[str] = []
+    seen: set[str] = set()
     on_path = shutil.which(name)
-    if on_path:
-        found.append(os.path.realpath(on_path))
-    for path in glob.glob(f"/usr/lib/postgresql/*/bin/{name}"):
+    for path in ([on_path] if on_path else []) + sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")):
         real = os.path.realpath(path)
-        if real not in found:
-            found.append(real)
+        if real not in seen or path == on_path:
+            seen.add(real)
+            found.append(path)
     return found
 
 
