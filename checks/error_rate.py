@@ -188,6 +188,10 @@ class ErrorRateCheck:
         except urllib.error.HTTPError as exc:
             exc.close()
             raise CheckError(f"metrics endpoint answered HTTP {exc.code} {exc.reason}") from None
+        except urllib.error.URLError as exc:  # refused, DNS, TLS: say which, without urllib's wrapper
+            raise CheckError(f"cannot reach the metrics endpoint: {exc.reason}") from None
+        except TimeoutError:
+            raise CheckError(f"metrics endpoint did not answer within {self._timeout:g}s") from None
         if len(body) > MAX_BODY_BYTES:
             raise CheckError(f"metrics endpoint answered more than {MAX_BODY_BYTES} bytes")
         return body.decode(charset, errors="replace")
