@@ -338,3 +338,17 @@ def test_status_row_of_a_kind_with_several_alarms_shows_the_one_firing(tmp_path:
         p.on_result(CheckResult(multi, "q", True, 0.0, 1000.0 + 60 * i, 0.01, details={second.field: 5}))
     assert p.alarm_state(multi, "q") == {"alert": second.name, "threshold": p.config.rules[second.name].threshold,
                                          "state": "firing"}
+
+
+def test_backup_failure_page_says_why(tmp_path: Path) -> None:
+    """A BackupFailed page carries the failed run's reason, with secrets masked."""
+    from agent import secrets
+
+    secrets.register(["postgresql://app:s3cretpw@db/app"])
+    p = AlertPipeline(_settings(), tmp_path)
+    p.on_result(CheckResult("backup_run", "main", True, 1.0, 1000.0, 0.0,
+                            details={"error": "pg_dump: connection to postgresql://app:s3cretpw@db/app refused"}))
+    [alert] = p.alerts()
+    assert alert["alertname"] == "BackupFailed" and alert["state"] == "firing"
+    description = alert["annotations"]["description"]
+    assert "pg_dump: connection to" in description and "s3cretpw" not in description

@@ -86,6 +86,12 @@ def build_sinks(settings: Settings) -> list[Sink]:
     return sinks
 
 
+def _reason(result: CheckResult) -> str | None:
+    """Why a result is bad, for the page: the run's error, else a synthetic result's ``details["error"]``."""
+    raw = result.error or result.details.get("error")
+    return secrets.scrub(str(raw))[:500] if raw else None
+
+
 def _key_text(key: StateKey) -> str:
     return "|".join(key)
 
@@ -193,7 +199,7 @@ class AlertPipeline:
             new_states, transitions = evaluate_result(
                 self._states, self.config, check=result.check, target=result.target, up=result.up,
                 value=result.value, details=result.details, at=result.at,
-                error=secrets.scrub(result.error) if result.error else None)
+                error=_reason(result))
             for state in new_states:
                 self._states[state.key] = state
             self._up[(result.check, result.target)] = result.up

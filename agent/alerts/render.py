@@ -95,6 +95,8 @@ def describe(state: AlertState, agent: str, context: Mapping[str, Any] | None = 
         measure = f"value {value_text} {spec.comparison.value} threshold {threshold_text}"
         if state.unknown:
             measure += " (last known; the target is currently down)"
+        elif state.error:
+            measure += f" ({state.error})"
     description = f"{_what(state)} ({state.check}/{state.target} on agent {agent}): {measure}, since {iso(since)}."
     if context:
         description += "\n" + render_context(context)
