@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 import boto3
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
