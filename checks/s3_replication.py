@@ -83,7 +83,9 @@ def rule_state(configuration: Mapping[str, Any] | None, destination_bucket: str)
     """(enabled, prefix the enabled rules cover, statuses of rules to this destination).
 
     ``configuration`` is ``get_bucket_replication``'s ``ReplicationConfiguration``, or
-    None when the bucket has none.
+    None when the bucket has none. With several enabled rules the compared prefix is
+    their common prefix; rules filtering on tags cannot be evaluated from a listing,
+    so a target whose rule filters on tags should set ``prefix`` itself.
     """
     if not configuration:
         return False, "", []

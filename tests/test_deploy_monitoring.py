@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -18,7 +19,7 @@ import requests
 import yaml
 
 from agent.alerts.catalog import ALARMS
-from tests.fixtures.alertmanager import AlertmanagerServer, PrometheusServer
+from tests.fixtures.alertmanager import AlertmanagerServer, PrometheusServer, _wait_http
 from tests.fixtures.servers import closed_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def local_prometheus_config(sd_dir: Path) -> str:
 @pytest.fixture(scope="module")
 def prometheus() -> Iterator[PrometheusServer]:
     """A private Prometheus running the shipped config, rules and an ECS file_sd file."""
-    sd_dir = Path(__import__("tempfile").mkdtemp(prefix="opsagent-sd-"))
+    sd_dir = Path(tempfile.mkdtemp(prefix="opsagent-sd-"))
     example = json.loads((PROM_DIR / "ecs-file-sd.example.json").read_text())
     example[0]["targets"] = [f"127.0.0.1:{closed_port()}"]
     other = {"targets": [f"127.0.0.1:{closed_port()}"],
@@ -212,8 +213,6 @@ class _DeployedAlertmanager(AlertmanagerServer):
              f"--storage.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
              "--cluster.listen-address=", "--log.level=warn"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        from tests.fixtures.alertmanager import _wait_http
-
         _wait_http(f"{self.url}/-/ready")
         return self
 
