@@ -144,17 +144,25 @@ def backup_list(settings: Settings, *, replica: bool, json_out: bool) -> int:
 
 
 def _locate(settings: Settings, backup_id: str) -> list[tuple[str, Repository, Manifest]]:
+    """Where a complete backup with this id lives; an unreachable primary (region down) is skipped."""
     found = []
-    for where, repo in (("primary", eng.primary_repository(settings) if settings.backup.repository else None),
-                        ("replica", eng.replica_repository(settings))):
-        if repo is None:
+    unreachable = []
+    for where, make in (("primary", lambda: eng.primary_repository(settings) if settings.backup.repository else None),
+                        ("replica", lambda: eng.replica_repository(settings))):
+        try:
+            repo = make()
+            manifest = repo.manifest(backup_id) if repo is not None else None
+        except Exception as exc:  # noqa: BLE001 - during a regional outage the other copy still counts
+            unreachable.append(f"{where}: {describe(exc)}")
             continue
-        manifest = repo.manifest(backup_id)
-        if manifest is not None:
+        if repo is not None and manifest is not None:
             found.append((where, repo, manifest))
     if not found:
-        raise NotFound(f"no complete backup with id {backup_id!r} in the primary or replica repository "
+        extra = f" (unreachable: {'; '.join(unreachable)})" if unreachable else ""
+        raise NotFound(f"no complete backup with id {backup_id!r} in the primary or replica repository{extra} "
                        "(see `opsagent backup list`)")
+    for line in unreachable:
+        print(f"warning: {line}", file=sys.stderr)
     return found
 
 
