@@ -15,7 +15,7 @@ from agent.verdict import verdict
 from checks import check_class
 from checks.base import CheckError
 from checks.bullmq import BullMQCheck
-from tests.fixtures.servers import RedisServer, closed_port
+from tests.fixtures.servers import HangingServer, RedisServer, closed_port
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +184,16 @@ def test_a_recent_failure_fires_the_failed_jobs_alarm_through_the_engine(bull_re
     _, transitions = evaluate_result({}, engine_config(Settings()), check="bullmq", target="jobs", up=True,
                                      value=reading.value, details=reading.details, at=100.0)
     assert [(t.kind, t.state.alertname) for t in transitions] == [("firing", "BullMQFailedJobs")]
+
+
+def test_a_redis_that_never_answers_fails_within_the_deadline(hanging_server: HangingServer) -> None:
+    """A Redis that accepts connections but never answers fails the check with a timeout instead of hanging it."""
+    spec = BullMQTarget(name="jobs", url=f"redis://127.0.0.1:{hanging_server.port}/0", queues=["emails"], timeout="1s")
+    check = BullMQCheck(spec)
+    started = time.monotonic()
+    try:
+        with pytest.raises(redis.TimeoutError):
+            check.measure()
+    finally:
+        check.close()
+    assert time.monotonic() - started < 3
