@@ -21,9 +21,9 @@ POLICY = ROOT / "deploy" / "iam" / "opsagent-policy.json"
 REQUIRED_ACTIONS = {
     # backups in S3 (put/get/head/delete objects, multipart, listings, cleanup of incomplete uploads)
     "s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:ListBucket", "s3:AbortMultipartUpload",
-    "s3:ListBucketMultipartUploads", "s3:ListMultipartUploadParts",
-    # SSE-KMS on both regions
-    "kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey", "kms:CreateGrant",
+    "s3:ListBucketMultipartUploads",
+    # SSE-KMS on both regions (data keys for puts, decrypt for gets and multipart, grants for snapshot copies)
+    "kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey", "kms:CreateGrant",
     # RDS snapshots, cross-region copies, retention, drills
     "rds:CreateDBSnapshot", "rds:CopyDBSnapshot", "rds:DescribeDBSnapshots", "rds:DeleteDBSnapshot",
     "rds:CreateDBClusterSnapshot", "rds:CopyDBClusterSnapshot", "rds:DescribeDBClusterSnapshots",
