@@ -16,23 +16,19 @@ ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT / "deploy" / "ecs" / "task-definition.json"
 POLICY = ROOT / "deploy" / "iam" / "opsagent-policy.json"
 
-# Every AWS operation the agent performs, as IAM actions (the backup, snapshot, drill,
-# notification and check code paths).
+# The actions the issue names for the agent's AWS paths. The exhaustive two-way
+# comparison with every recorded call is tests/test_zz_iam_policy.py.
 REQUIRED_ACTIONS = {
-    # backups in S3 (put/get/head/delete objects, multipart, listings, cleanup of incomplete uploads)
+    # backups in S3 (objects, multipart uploads and their cleanup, listings)
     "s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:ListBucket", "s3:AbortMultipartUpload",
     "s3:ListBucketMultipartUploads",
-    # SSE-KMS on both regions (data keys for puts, decrypt for gets and multipart, grants for snapshot copies)
-    "kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey", "kms:CreateGrant",
+    # SSE-KMS (data keys for puts, decrypt for gets and multipart, grants for encrypted snapshot copies)
+    "kms:Decrypt", "kms:GenerateDataKey", "kms:CreateGrant",
     # RDS snapshots, cross-region copies, retention, drills
     "rds:CreateDBSnapshot", "rds:CopyDBSnapshot", "rds:DescribeDBSnapshots", "rds:DeleteDBSnapshot",
-    "rds:CreateDBClusterSnapshot", "rds:CopyDBClusterSnapshot", "rds:DescribeDBClusterSnapshots",
-    "rds:DeleteDBClusterSnapshot", "rds:DescribeDBInstances", "rds:DescribeDBClusters", "rds:ListTagsForResource",
-    "rds:AddTagsToResource", "rds:RestoreDBInstanceFromDBSnapshot", "rds:DeleteDBInstance",
+    "rds:DescribeDBInstances", "rds:RestoreDBInstanceFromDBSnapshot", "rds:DeleteDBInstance",
     # ElastiCache snapshots
     "elasticache:CreateSnapshot", "elasticache:DescribeSnapshots", "elasticache:DeleteSnapshot",
-    "elasticache:CopySnapshot", "elasticache:DescribeReplicationGroups", "elasticache:ListTagsForResource",
-    "elasticache:AddTagsToResource",
     # notifications and checks
     "sns:Publish", "cloudwatch:GetMetricData", "sqs:GetQueueAttributes", "s3:GetReplicationConfiguration",
 }
