@@ -31,7 +31,8 @@ test: $(VENV)/.dev services
 	$(BIN)/pytest -q
 
 bench: $(VENV)/.dev services
-	$(BIN)/python -m benchmarks
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m benchmarks $(ARGS)
 
 soak: $(VENV)/.dev services
 	OPSAGENT_SOAK=1 $(BIN)/pytest -q tests/faults -k soak

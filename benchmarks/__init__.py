@@ -1,0 +1,1 @@
+"""Side-by-side benchmark of opsagent against the Go exporters (`make bench`)."""
