@@ -16,7 +16,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import structlog
@@ -89,7 +89,11 @@ class BackupService:
             drill_trigger = CronTrigger.from_crontab(b.drill_schedule, timezone="UTC")
             out.append(("drill", drill_trigger, lambda: self._scheduled("drill", drill_trigger)))
         if self._has_backups():
-            out.append(("backup_refresh", IntervalTrigger(seconds=REFRESH_SECONDS, timezone="UTC"), self.refresh))
+            # Started one interval minus a second ago: the first refresh runs a second after start-up,
+            # so /status and the RPO alarms know the existing backups right away.
+            first = datetime.fromtimestamp(self.clock(), timezone.utc) - timedelta(seconds=REFRESH_SECONDS - 1)
+            out.append(("backup_refresh", IntervalTrigger(seconds=REFRESH_SECONDS, start_date=first, timezone="UTC"),
+                        self.refresh))
         return out
 
     def _has_backups(self) -> bool:
