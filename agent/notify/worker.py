@@ -79,8 +79,8 @@ class DeliveryWorker:
                     attempt += 1
                     continue
             else:
+                self.sent += 1  # counted before the ack so "queue empty" implies the count is final
                 self.outbox.ack(seq)
-                self.sent += 1
                 self.last_error = None
                 log.info("alert_delivered", sink=self.sink.name, status=message.get("status"),
                          alertname=(message.get("labels") or {}).get("alertname"),
