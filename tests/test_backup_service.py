@@ -126,3 +126,26 @@ def test_last_run_is_shared_through_the_repository(tmp_path: Path) -> None:
     other.refresh()
     assert store.get("backup_run", "main").value == 1.0
     assert other.status()["last_run"]["ok"] is False
+
+
+def test_rds_snapshots_join_the_run_and_the_freshness_results(tmp_path: Path, aws) -> None:  # type: ignore[no-untyped-def]
+    """With an RDS instance configured, the scheduled run snapshots and copies it, and its RPO is reported."""
+    from agent import aws as aws_clients
+
+    aws_clients.client("rds", "us-east-1").create_db_instance(
+        DBInstanceIdentifier="app-db", DBInstanceClass="db.t3.micro", Engine="postgres",
+        MasterUsername="postgres", MasterUserPassword="password123", AllocatedStorage=20)
+    settings = backup_settings(tmp_path, rds_instances=["app-db"], replica_region="eu-west-1")
+    store = ResultStore()
+    service = BackupService(settings, store)
+    assert service.run_slot("backup", SLOT) == "ran"
+    run = service.status()["last_run"]
+    [outcome] = run["outcomes"]
+    assert outcome["kind"] == "rds" and outcome["target"] == "app-db" and outcome["ok"], outcome
+    assert outcome["replica_ok"] is True and outcome["region"] == "eu-west-1"
+    assert store.get("backup", "app-db").value < 60
+    assert store.get("replica", "app-db").value < 60
+    assert store.get("backup_run", "app-db").value == 0.0
+    registry = _registry(service)
+    assert registry.get_sample_value("opsagent_replica_last_success_timestamp_seconds",
+                                     {"kind": "rds", "target": "app-db", "region": "eu-west-1"}) is not None

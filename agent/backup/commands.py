@@ -15,7 +15,7 @@ from typing import Any
 from agent import secrets
 from agent.backup import engine as eng
 from agent.backup import pgdump, pgtools
-from agent.backup.drill import Drill, configured_endpoints
+from agent.backup.drill import Drill, configured_endpoints, rds_drill_enabled
 from agent.backup.engine import BackupEngine, describe
 from agent.backup.errors import BackupError, NotFound, TargetRefused
 from agent.backup.manifest import Manifest
@@ -226,8 +226,9 @@ def restore(settings: Settings, backup_id: str, target_dsn: str, *, force: bool)
 def drill(settings: Settings, *, json_out: bool) -> int:
     def work() -> int:
         b = settings.backup
-        if not (b.postgres and b.drill_dsn) and not b.rds_instances:
-            return _fail("nothing to drill: set backup.drill_dsn (and backup.postgres) or backup.rds_instances")
+        if not (b.postgres and b.drill_dsn) and not rds_drill_enabled(settings):
+            return _fail("nothing to drill: set backup.drill_dsn (and backup.postgres), "
+                         "or backup.rds_drill with backup.rds_instances")
         reporter = _reporter(json_out)
         lock = fleet_lock(settings, "drill")
         if not lock.acquire(LOCK_WAIT_SECONDS):

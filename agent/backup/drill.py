@@ -82,6 +82,11 @@ def configured_endpoints(settings: Settings) -> set[tuple[str, int, str]]:
     return out
 
 
+def rds_drill_enabled(settings: Settings) -> bool:
+    """The RDS snapshot drill (the snapshot engineer's) runs when asked for and RDS ids are configured."""
+    return bool(getattr(settings.backup, "rds_drill", False) and settings.backup.rds_instances)
+
+
 def drop_leftovers(admin_dsn: str) -> list[str]:
     """Drop scratch databases a killed drill left behind (they all carry the prefix)."""
     conn = pgtools.connect(admin_dsn)
@@ -116,7 +121,7 @@ class Drill:
         """One drill per postgres backup target, plus the RDS drill when RDS is configured; never raises."""
         b = self.settings.backup
         reports: list[DrillReport] = []
-        if b.postgres:
+        if b.postgres and (b.drill_dsn is not None or not rds_drill_enabled(self.settings)):
             leftovers_done = False
             for target in b.postgres:
                 if self.stop.is_set():
@@ -141,7 +146,7 @@ class Drill:
                 if report.ok and not report.within_rto:
                     log.warning("drill_exceeded_rto", target=target, duration=report.duration_seconds, rto=b.rto)
                 reports.append(report)
-        if b.rds_instances:
+        if rds_drill_enabled(self.settings):
             reports.extend(self._rds())
         self._publish(reports)
         return reports

@@ -26,7 +26,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from agent.backup import engine as eng
-from agent.backup.drill import LAST_DRILL, Drill, DrillReport
+from agent.backup.drill import LAST_DRILL, Drill, DrillReport, rds_drill_enabled
 from agent.backup.engine import BackupEngine, RunReport, describe
 from agent.backup.lock import FleetLock
 from agent.backup.manifest import Manifest, iso
@@ -85,7 +85,7 @@ class BackupService:
         if b.enabled and self._has_backups():
             trigger = CronTrigger.from_crontab(b.schedule, timezone="UTC")
             out.append(("backup", trigger, lambda: self._scheduled("backup", trigger)))
-        if b.enabled and b.drill_schedule and (b.drill_dsn and b.postgres or b.rds_instances):
+        if b.enabled and b.drill_schedule and (b.drill_dsn and b.postgres or rds_drill_enabled(self.settings)):
             drill_trigger = CronTrigger.from_crontab(b.drill_schedule, timezone="UTC")
             out.append(("drill", drill_trigger, lambda: self._scheduled("drill", drill_trigger)))
         if self._has_backups():
@@ -149,6 +149,7 @@ class BackupService:
         report.lock = mechanism
         with self._state_lock:
             self._last_run = report
+            self._snapshots_at = 0.0  # re-read the snapshots this run took
         return report
 
     def _run_drill(self) -> list[DrillReport]:
@@ -258,9 +259,9 @@ class BackupService:
                 t, rt = snap.get("time"), snap.get("replica_time")
                 out.append({
                     "kind": snap.get("kind", "rds"), "target": snap.get("target"),
-                    "newest_backup": {"id": snap.get("snapshot_id"), "time": iso(t) if t else None, "size": None,
-                                      "verified": t is not None} if t else None,
-                    "newest_replica": {"id": snap.get("snapshot_id"), "time": iso(rt), "verified": True} if rt else None,
+                    "newest_backup": {"id": snap.get("snapshot_id"), "time": iso(t), "timestamp": t, "size": None,
+                                      "verified": True} if t else None,
+                    "newest_replica": {"time": iso(rt), "timestamp": rt, "verified": True} if rt else None,
                     "rpo_seconds": now - (t or self.started),
                     "replica_age_seconds": (now - (rt or self.started)) if snap.get("region") else None,
                     "region": snap.get("region"),
