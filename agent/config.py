@@ -43,15 +43,16 @@ TargetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 _NAME_FORM = "letters, digits, '.', '_' or '-', at most 63 characters"
 
 
-def _url_validator(schemes: tuple[str, ...]) -> Any:
+def _url_validator(schemes: tuple[str, ...], secret: bool = False) -> Any:
     def check(value: object) -> object:
         raw = value.get_secret_value() if isinstance(value, SecretStr) else value
         if not isinstance(raw, str):
             raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
         scheme, sep, rest = raw.partition("://")
         if not sep or scheme.lower() not in schemes or not rest.strip("/"):
+            shown = "the value" if secret else repr(secrets.mask_url(raw))  # a secret URL is never echoed
             raise ValueError(
-                f"{secrets.mask_url(raw)!r} is not a valid URL; expected one starting with "
+                f"{shown} is not a valid URL; expected one starting with "
                 + " or ".join(s + "://" for s in schemes)
             )
         return value
@@ -60,7 +61,7 @@ def _url_validator(schemes: tuple[str, ...]) -> Any:
 
 
 def _secret_url(*schemes: str) -> Any:
-    return Annotated[SecretStr, _url_validator(schemes)]
+    return Annotated[SecretStr, _url_validator(schemes, secret=True)]
 
 
 def _plain_url(*schemes: str) -> Any:
@@ -507,6 +508,10 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+_SECRET_KEYS = {"admin_token", "dsn", "url", "slack_webhook_url", "pagerduty_routing_key", "sentry_dsn", "drill_dsn",
+                "lock_dsn"}
+
+
 def _describe(error: dict[str, Any]) -> str:
     key = _loc(tuple(error["loc"]))
     kind = error["type"]
@@ -530,7 +535,9 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key}: {msg}"
     form = _FORMS.get(kind)
     shown = error.get("input")
-    shown_text = "" if isinstance(shown, (dict, list)) or shown is None else f"{secrets.scrub(str(shown))!r}: "
+    # Never echo what may be a secret: a secret key's value, or any URL (credentials, webhook paths).
+    hidden = key.rsplit(".", 1)[-1] in _SECRET_KEYS or "@" in str(shown) or "://" in str(shown)
+    shown_text = "" if isinstance(shown, (dict, list)) or shown is None or hidden else f"{secrets.scrub(str(shown))!r}: "
     if form:
         return f"{key}: {shown_text}expected {form}"
     return f"{key}: {shown_text}{msg}"
@@ -579,6 +586,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError([f"{path}: not valid YAML{where}: {problem}; expected a YAML mapping of sections"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: nested too deeply to read; expected a YAML mapping of sections"]) from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise ConfigError([f"{path}: a value cannot be read ({str(exc)[:120]}); expected a YAML mapping of sections"]) from None
     if data is None:
         raise ConfigError([f"{path}: the file is empty; expected a YAML mapping with sections such as agent, checks"])
     if not isinstance(data, dict):
@@ -586,7 +597,32 @@ def read_yaml(path: Path) -> dict[str, Any]:
     bad_keys = [k for k in data if not isinstance(k, str)]
     if bad_keys:
         raise ConfigError([f"{path}: section names must be strings, got {bad_keys[0]!r}"])
+    if _expands_beyond(data, MAX_CONFIG_VALUES):
+        raise ConfigError([f"{path}: expands to more than {MAX_CONFIG_VALUES} values (YAML aliases nested in "
+                           "aliases?); expected a plain mapping of sections"])
     return data
+
+
+MAX_CONFIG_VALUES = 100_000
+
+
+def _expands_beyond(data: Any, limit: int) -> bool:
+    """True when walking ``data`` with aliases expanded visits more than ``limit`` values.
+
+    A "billion laughs" file is small on disk but exponential once aliases are
+    followed; validation would hang on it, so it is refused before that.
+    """
+    stack, seen = [data], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -604,10 +640,13 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         try:
             settings = Settings(**data)
         except ValidationError as exc:
-            problems.extend(_describe(e) for e in exc.errors(include_url=False))
+            problems.extend(secrets.scrub(_describe(e)) for e in exc.errors(include_url=False))
             raise ConfigError(_dedupe(problems)) from None
         except (ValueError, json.JSONDecodeError) as exc:  # pydantic-settings: bad JSON in an env var
             problems.append(f"environment: {secrets.scrub(str(exc))}; complex values (lists, mappings) must be JSON")
+            raise ConfigError(problems) from None
+        except RecursionError:
+            problems.append("configuration: nested too deeply to validate; expected the documented sections and keys")
             raise ConfigError(problems) from None
     finally:
         os.environ.clear()
