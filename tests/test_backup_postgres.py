@@ -143,3 +143,21 @@ def test_s3_backup_replicates_to_second_region(tmp_path: Path, source_db: Source
     assert result.pg_restore_error is None
     assert table_dump(source_db.server, restored) == table_dump(source_db.server, source_db.dbname)
     assert os.environ["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1")
+
+
+def test_failed_replication_is_reported_and_caught_up_next_run(tmp_path: Path, source_db: SourceDb) -> None:
+    """A replica that cannot be written fails the run; once it is back, the next run copies the missed backup too."""
+    blocker = tmp_path / "dr"
+    blocker.write_text("not a directory")  # the replica path is unusable
+    settings = backup_settings(tmp_path, dsn=source_db.dsn, replica=f"file://{blocker / 'replica'}")
+    now = [1_800_000_000.0]
+    first = BackupEngine(settings, clock=lambda: now[0]).run()
+    assert not first.ok and first.outcomes[0].ok and first.outcomes[0].replica_ok is False
+    assert first.outcomes[0].replica_error
+    blocker.unlink()
+    now[0] += 7200
+    second = BackupEngine(settings, clock=lambda: now[0]).run()
+    assert second.ok, second.to_dict()
+    replica = replica_repository(settings)
+    assert replica is not None
+    assert {m.id for m in replica.list()} == {first.outcomes[0].backup_id, second.outcomes[0].backup_id}

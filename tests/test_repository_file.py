@@ -82,3 +82,13 @@ def test_relative_file_url_is_relative_to_working_directory(tmp_path: Path, monk
     repo = open_repository("file://./var/backups/primary")
     repo.put_state("probe", b"1")
     assert (tmp_path / "var" / "backups" / "primary" / "state" / "probe").read_bytes() == b"1"
+
+
+def test_unlocked_cleanup_spares_recent_incomplete_backups(tmp_path: Path) -> None:
+    """Without a fleet lock, cleanup removes only half-written backups started before the cut-off."""
+    repo = FileRepository(f"file://{tmp_path}", tmp_path)
+    old, recent = new_id("postgres", "main", 1000.0), new_id("postgres", "main", 90_000.0)
+    for backup_id in (old, recent):
+        repo.writer(backup_id, "data.dump").write(b"partial")
+    assert repo.cleanup_incomplete(keep_after=50_000.0) == [old]
+    assert (tmp_path / "backups" / recent).exists()

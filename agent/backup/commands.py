@@ -74,7 +74,7 @@ def backup_run(settings: Settings, *, json_out: bool) -> int:
             if not lock.acquire(LOCK_WAIT_SECONDS):
                 return _fail(f"another backup run still holds the fleet lock after {LOCK_WAIT_SECONDS:.0f}s")
         try:
-            report = BackupEngine(settings, reporter=reporter).run(None, "manual")
+            report = BackupEngine(settings, reporter=reporter, exclusive=lock.mechanism != "none").run(None, "manual")
         finally:
             lock.release()
             reporter.finish()

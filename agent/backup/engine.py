@@ -31,6 +31,7 @@ from agent.config import Settings
 log = structlog.get_logger("opsagent.backup")
 
 LAST_RUN = "last_run.json"
+UNLOCKED_CLEANUP_AGE = 6 * 3600.0  # without a fleet lock, only older half-written backups are surely dead
 
 
 def describe(exc: BaseException) -> str:
@@ -160,8 +161,10 @@ class _SnapshotsOnly(Exception):
 
 class BackupEngine:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time,
-                 reporter: Reporter | None = None, stop: threading.Event | None = None) -> None:
+                 reporter: Reporter | None = None, stop: threading.Event | None = None,
+                 exclusive: bool = True) -> None:
         self.settings = settings
+        self.exclusive = exclusive  # False: no fleet lock could be had (see agent.backup.lock)
         self.clock = clock
         self.reporter = reporter or NullReporter()
         self.stop = stop or threading.Event()
@@ -189,7 +192,11 @@ class BackupEngine:
                 raise _SnapshotsOnly
             primary = primary_repository(self.settings)
             replica = replica_repository(self.settings)
-            report.cleaned = primary.cleanup_incomplete() + (replica.cleanup_incomplete() if replica else [])
+            # Under the fleet lock nothing else is writing; without one, spare what may still be in flight.
+            keep_after = None if self.exclusive else self.clock() - UNLOCKED_CLEANUP_AGE
+            report.cleaned = primary.cleanup_incomplete(keep_after)
+            if replica is not None:
+                report.cleaned += replica.cleanup_incomplete(keep_after)
             for backup_id in report.cleaned:
                 log.info("backup_incomplete_removed", backup_id=backup_id)
             for name in b.postgres:
@@ -239,13 +246,19 @@ class BackupEngine:
 
     def _catch_up(self, primary: Repository, replica: Repository, report: RunReport) -> None:
         """Replicate older complete backups that a failed run left without a copy (newest first)."""
-        have = {m.id for m in replica.list()}
+        copies = replica.list()
+        have = {m.id for m in copies}
         region = replica_region_label(self.settings)
+        originals = primary.list()
         newest: dict[tuple[str, str], float] = {}
-        for m in primary.list():
+        for m in originals:
             newest[(m.kind, m.target)] = max(newest.get((m.kind, m.target), 0.0), m.finished)
-        for manifest in sorted(primary.list(), key=lambda m: m.finished, reverse=True):
-            if manifest.id in have or self.stop.is_set():
+        # Copy only what the replica's retention would keep: no point shipping a backup to delete it.
+        missing = [m for m in originals if m.id not in have]
+        candidates = [Item(id=m.id, target=f"{m.kind}/{m.target}", time=m.finished) for m in [*copies, *missing]]
+        doomed = set(select_deletions(candidates, self.settings.backup.retention.model_dump(), self.clock()))
+        for manifest in sorted(missing, key=lambda m: m.finished, reverse=True):
+            if manifest.id in doomed or self.stop.is_set():
                 continue
             try:
                 replicate(manifest, primary, replica, now=self.clock(), region=region, reporter=self.reporter)

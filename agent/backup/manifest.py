@@ -110,6 +110,14 @@ def new_id(kind: str, target: str, at: float) -> str:
     return f"{kind}-{target}-{stamp}-{_random.token_hex(3)}"
 
 
+def id_time(backup_id: str) -> float | None:
+    """When the backup with this id was started (its id carries the UTC stamp); None if unparsable."""
+    match = re.search(r"-(\d{8}T\d{6}Z)-[0-9a-f]{6}$", backup_id)
+    if not match:
+        return None
+    return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
+
+
 def valid_id(backup_id: str) -> bool:
     return bool(_ID.match(backup_id))
 

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from agent.backup.errors import BackupError
-from agent.backup.manifest import MANIFEST_NAME, Manifest, ObjectInfo
+from agent.backup.manifest import MANIFEST_NAME, Manifest, ObjectInfo, id_time
 
 log = structlog.get_logger("opsagent.backup")
 
@@ -59,7 +59,7 @@ class Repository(Protocol):
     def manifest(self, backup_id: str) -> Manifest | None: ...
     def list(self) -> list[Manifest]: ...
     def delete(self, backup_id: str) -> None: ...
-    def cleanup_incomplete(self) -> list[str]: ...
+    def cleanup_incomplete(self, keep_after: float | None = None) -> list[str]: ...
     def put_state(self, name: str, data: bytes) -> None: ...
     def get_state(self, name: str) -> bytes | None: ...
     def store_checksum(self, backup_id: str, name: str) -> str | None: ...
@@ -105,6 +105,14 @@ class _ManifestCache:
     def forget(self, backup_id: str) -> None:
         with self._lock:
             self._by_id.pop(backup_id, None)
+
+
+def _older(backup_id: str, keep_after: float | None) -> bool:
+    """True when ``backup_id`` was started before ``keep_after`` (always, when no limit is given)."""
+    if keep_after is None:
+        return True
+    started = id_time(backup_id)
+    return started is not None and started < keep_after
 
 
 # -- file:// -------------------------------------------------------------------------------------
@@ -212,12 +220,13 @@ class FileRepository:
         (self._dir(backup_id) / MANIFEST_NAME).unlink(missing_ok=True)  # invisible first
         shutil.rmtree(self._dir(backup_id), ignore_errors=True)
 
-    def cleanup_incomplete(self) -> list[str]:
+    def cleanup_incomplete(self, keep_after: float | None = None) -> list[str]:
+        """Remove manifest-less backups (started before ``keep_after`` if given: others may be in flight)."""
         base = self.root / BACKUPS
         removed = []
         if base.is_dir():
             for path in base.iterdir():
-                if path.is_dir() and not (path / MANIFEST_NAME).exists():
+                if path.is_dir() and not (path / MANIFEST_NAME).exists() and _older(path.name, keep_after):
                     shutil.rmtree(path, ignore_errors=True)
                     removed.append(path.name)
         return removed
@@ -411,18 +420,21 @@ class S3Repository:
         self.s3.delete_object(Bucket=self.bucket, Key=manifest_key)  # invisible first
         self._delete_keys(list(self._keys(f"{self.prefix}{BACKUPS}/{backup_id}/")))
 
-    def cleanup_incomplete(self) -> list[str]:
+    def cleanup_incomplete(self, keep_after: float | None = None) -> list[str]:
+        """Remove manifest-less objects and abandoned multipart uploads (see FileRepository)."""
         removed = []
         for backup_id, keys in self._grouped().items():
-            if not any(k.endswith("/" + MANIFEST_NAME) for k in keys):
+            if not any(k.endswith("/" + MANIFEST_NAME) for k in keys) and _older(backup_id, keep_after):
                 self._delete_keys(keys)
                 removed.append(backup_id)
         base = f"{self.prefix}{BACKUPS}/"
         pages = self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=base)
         for page in pages:
             for upload in page.get("Uploads", []):
-                self.s3.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                 backup_id = upload["Key"][len(base):].partition("/")[0]
+                if not _older(backup_id, keep_after):
+                    continue
+                self.s3.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                 if backup_id not in removed:
                     removed.append(backup_id)
         return removed

@@ -30,6 +30,7 @@ from agent.backup.drill import LAST_DRILL, Drill, DrillReport, rds_drill_enabled
 from agent.backup.engine import BackupEngine, RunReport, describe
 from agent.backup.lock import FleetLock
 from agent.backup.manifest import Manifest, iso
+from agent.backup.repository import Repository
 from agent.backup.schedule import current_slot, slot_key
 from agent.config import Settings
 from agent.results import CheckResult, ResultStore
@@ -76,6 +77,7 @@ class BackupService:
         self._snapshots: list[dict[str, Any]] = []
         self._snapshots_at = 0.0
         self.lock_mechanism: str | None = None
+        self._repos: tuple[Repository, Repository | None] | None = None
 
     # -- schedule ----------------------------------------------------------------------------------
 
@@ -140,7 +142,7 @@ class BackupService:
             self._safe_refresh()
 
     def _run_backup(self, slot: datetime | None, trigger: str, mechanism: str | None) -> RunReport:
-        engine = BackupEngine(self.settings, clock=self.clock, stop=self._stop)
+        engine = BackupEngine(self.settings, clock=self.clock, stop=self._stop, exclusive=mechanism != "none")
         self._engine = engine
         try:
             report = engine.run(slot, trigger)
@@ -200,13 +202,14 @@ class BackupService:
     def _load_repositories(self) -> None:
         if not self.settings.backup.repository:
             return
-        primary = eng.primary_repository(self.settings)
+        if self._repos is None:  # kept: their manifest caches make a refresh one listing, not N reads
+            self._repos = (eng.primary_repository(self.settings), eng.replica_repository(self.settings))
+        primary, replica = self._repos
         newest: dict[tuple[str, str], Manifest] = {}
         for m in primary.list():
             newest[(m.kind, m.target)] = m  # list() is sorted oldest first
         shared_run = primary.get_state(eng.LAST_RUN)
         shared_drill = primary.get_state(LAST_DRILL)
-        replica = eng.replica_repository(self.settings)
         newest_replica: dict[tuple[str, str], Manifest] = {}
         if replica is not None:
             for m in replica.list():
@@ -299,8 +302,8 @@ class BackupService:
             error = None
             if outcome is not None and failed:
                 error = outcome.error or f"replication failed: {outcome.replica_error}"
-            elif last_run is not None and last_run.error and outcome is None:
-                failed, error = True, last_run.error
+            elif last_run is not None and last_run.error and t["kind"] == "postgres":
+                failed, error = True, last_run.error  # the run itself failed (repository, retention)
             self.store.record(CheckResult(check="backup_run", target=t["target"], up=True, value=1.0 if failed else 0.0,
                                           at=now, duration=0.0, details={"error": error} if error else {}))
         b = self.settings.backup
