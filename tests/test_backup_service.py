@@ -149,3 +149,23 @@ def test_rds_snapshots_join_the_run_and_the_freshness_results(tmp_path: Path, aw
     registry = _registry(service)
     assert registry.get_sample_value("opsagent_replica_last_success_timestamp_seconds",
                                      {"kind": "rds", "target": "app-db", "region": "eu-west-1"}) is not None
+
+
+def test_alert_engine_raises_backup_alarms_from_the_synthetic_results(tmp_path: Path) -> None:
+    """With PostgreSQL down past the RPO: BackupFailed, BackupStale and ReplicaStale fire through the alert engine."""
+    from agent.alerts.pipeline import AlertPipeline
+
+    now = [1_800_000_000.0]
+    dsn = f"postgresql://postgres@127.0.0.1:{closed_port()}/postgres"
+    settings = backup_settings(tmp_path, dsn=dsn, name="local", replica=f"file://{tmp_path / 'replica'}")
+    store = ResultStore()
+    pipeline = AlertPipeline(settings, tmp_path / "alerts", clock=lambda: now[0])
+    store.subscribe(pipeline.on_result)
+    service = BackupService(settings, store, clock=lambda: now[0])
+    service.run_slot("backup", SLOT)
+    assert {a["alertname"] for a in pipeline.alerts() if a["state"] == "firing"} == {"BackupFailed"}
+    now[0] += 3601
+    service.refresh()
+    firing = {a["alertname"]: a for a in pipeline.alerts() if a["state"] == "firing"}
+    assert set(firing) == {"BackupFailed", "BackupStale", "ReplicaStale"}
+    assert firing["BackupStale"]["target"] == "local" and firing["BackupStale"]["threshold"] == 3600.0
