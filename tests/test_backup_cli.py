@@ -134,3 +134,9 @@ def test_terminal_gets_a_progress_bar() -> None:
     reporter.advance(500)
     reporter.finish()
     assert "\r  [###############" in stream.getvalue() and "50.0%" in stream.getvalue()
+
+
+def test_verify_rejects_something_that_is_not_an_id(settings, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    """A path-like or malformed id is refused with the expected form, never looked up on disk."""
+    assert commands.backup_verify(settings, "../../etc") == 1
+    assert "is not a backup id" in capsys.readouterr().err

@@ -90,6 +90,7 @@ def test_fresh_backup_metrics_and_results(tmp_path: Path, source_db: SourceDb) -
     assert store.get("backup_run", "main").value == 0.0
     status = service.status()
     assert status["rpo_target_seconds"] == 3600.0 and status["rto_target_seconds"] == 7200.0
+    assert status["rpo_achieved_seconds"] == 600.0 and status["rto_achieved_seconds"] is None
     target = status["targets"][0]
     assert target["newest_backup"]["verified"] and target["newest_replica"]["id"] == target["newest_backup"]["id"]
     assert target["rpo_seconds"] == 600.0 and status["last_run"]["ok"] is True

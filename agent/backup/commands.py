@@ -18,7 +18,7 @@ from agent.backup import pgdump, pgtools
 from agent.backup.drill import Drill, configured_endpoints, rds_drill_enabled
 from agent.backup.engine import BackupEngine, describe
 from agent.backup.errors import BackupError, NotFound, TargetRefused
-from agent.backup.manifest import Manifest
+from agent.backup.manifest import Manifest, valid_id
 from agent.backup.progress import NullReporter, Reporter, TerminalReporter
 from agent.backup.repository import Repository
 from agent.backup.service import fleet_lock
@@ -145,6 +145,9 @@ def backup_list(settings: Settings, *, replica: bool, json_out: bool) -> int:
 
 def _locate(settings: Settings, backup_id: str) -> list[tuple[str, Repository, Manifest]]:
     """Where a complete backup with this id lives; an unreachable primary (region down) is skipped."""
+    if not valid_id(backup_id):
+        raise NotFound(f"{backup_id!r} is not a backup id; ids look like postgres-main-20260101T000000Z-1a2b3c "
+                       "(see `opsagent backup list`)")
     found = []
     unreachable = []
     for where, make in (("primary", lambda: eng.primary_repository(settings) if settings.backup.repository else None),

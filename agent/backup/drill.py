@@ -24,7 +24,7 @@ import structlog
 from psycopg import sql
 
 from agent.backup import pgdump, pgstats, pgtools
-from agent.backup.engine import describe, postgres_dsn, primary_repository, replica_repository
+from agent.backup.engine import describe, primary_repository, replica_repository
 from agent.backup.errors import BackupError, TargetRefused
 from agent.backup.manifest import Manifest, iso
 from agent.backup.progress import NullReporter, Reporter

@@ -340,13 +340,16 @@ class BackupService:
                 "rto_target_seconds": b.rto,
                 "targets": [d.to_dict() for d in last_drill],
             }
+        targets = self.targets()
         return {
             "rpo_target_seconds": b.rpo,
+            "rpo_achieved_seconds": max((t["rpo_seconds"] for t in targets), default=None),
             "rto_target_seconds": b.rto,
+            "rto_achieved_seconds": drill["rto_achieved_seconds"] if drill else None,
             "repository": b.repository,
             "replica": b.replica,
             "lock": self.lock_mechanism,
-            "targets": self.targets(),
+            "targets": targets,
             "last_run": last_run.to_dict() if last_run else None,
             "last_drill": drill,
             "running": self._busy["backup"].locked(),
