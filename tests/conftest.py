@@ -10,6 +10,7 @@ import structlog
 from agent import secrets
 
 pytest_plugins = [
+    "tests.fixtures.aws_audit",
     "tests.fixtures.servers",
     "tests.fixtures.aws",
     "tests.fixtures.pgbouncer",

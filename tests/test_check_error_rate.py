@@ -9,13 +9,13 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import boto3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from agent.alerts.catalog import ALARMS
-from agent.aws import client as aws_client
 from agent.config import ErrorRateTarget, Settings
 from agent.runner import TargetRunner
 from agent.verdict import verdict
@@ -235,7 +235,7 @@ def _put(client: Any, lb: str, metric: str, values: list[float], now: datetime) 
 
 def test_cloudwatch_alb_ratio_is_computed_by_the_agent(aws: MotoServer) -> None:
     """ALB 5xx and request counts from CloudWatch give the exact ratio; other load balancers are not counted."""
-    cw = aws_client("cloudwatch", "us-east-1")
+    cw = boto3.client("cloudwatch", region_name="us-east-1")  # test set-up: not one of the agent's clients
     now = datetime.now(timezone.utc)
     _put(cw, LB, "RequestCount", [5000, 4000, 3345], now)
     _put(cw, LB, "HTTPCode_Target_5XX_Count", [20, 17], now)

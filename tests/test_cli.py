@@ -55,3 +55,17 @@ def test_usage_error_exits_2() -> None:
     """An unknown sub-command exits 2 with usage, no traceback."""
     proc = subprocess.run([sys.executable, "-m", "agent", "frobnicate"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_verdict_covers_alarms_on_detail_fields() -> None:
+    """A kind's second alarm (comparing a details field) breaches the verdict too, and is named."""
+    from agent.config import load_config
+    from agent.results import CheckResult
+    from agent.verdict import verdict
+
+    settings = load_config(None, env={})
+    ok = CheckResult("sqs", "jobs", True, 5.0, 0.0, 0.1, details={"dlq_visible_messages": 0})
+    dlq = CheckResult("sqs", "jobs", True, 5.0, 0.0, 0.1, details={"dlq_visible_messages": 3})
+    assert verdict(settings, ok).state == "ok" and verdict(settings, ok).alert == "SQSMessageAgeHigh"
+    v = verdict(settings, dlq)
+    assert v.state == "breached" and v.alert == "SQSDeadLetterQueueNotEmpty"

@@ -358,3 +358,64 @@ def test_snapshot_ids_are_valid_and_one_per_minute_slot(target: str, slot: datet
     assert snapshot_id(target, start + timedelta(seconds=seconds)) == ident
     assert snapshot_id(target, start + timedelta(minutes=1)) != ident
     assert ident.endswith(start.astimezone(timezone.utc).strftime("%Y%m%d%H%M"))
+
+
+def test_aurora_retention_deletes_surplus_cluster_snapshots_in_both_regions(aws: Any) -> None:
+    """Cluster snapshots beyond the policy go in both regions; the newest stays."""
+    rds().create_db_cluster(DBClusterIdentifier="aurora1", Engine="aurora-postgresql", MasterUsername="app",
+                            MasterUserPassword="not-a-secret-1")
+    manager = SnapshotManager(settings(rds_instances=["aurora1"], replica_region=REPLICA,
+                                       retention={"hourly": 1, "daily": 0, "weekly": 0}))
+    for hours in (2, 1, 0):
+        assert manager.run_slot(SLOT - timedelta(hours=hours))[0].ok
+    manager.apply_retention(SLOT + timedelta(minutes=5))
+    for region in (PRIMARY, REPLICA):
+        found = rds(region).describe_db_cluster_snapshots(SnapshotType="manual")["DBClusterSnapshots"]
+        assert [s["DBClusterSnapshotIdentifier"] for s in found] == [snapshot_id("aurora1", SLOT)], region
+
+
+def test_elasticache_retention_deletes_only_own_surplus_snapshots(aws: Any) -> None:
+    """ElastiCache snapshots beyond the policy are deleted; the newest and other people's stay."""
+    ec = boto3.client("elasticache", region_name=PRIMARY)
+    ec.create_cache_cluster(CacheClusterId="cache1", Engine="redis", CacheNodeType="cache.t3.micro", NumCacheNodes=1)
+    manager = SnapshotManager(settings(elasticache_clusters=["cache1"], retention={"hourly": 1, "daily": 0, "weekly": 0}))
+    for hours in (2, 1, 0):
+        assert manager.run_slot(SLOT - timedelta(hours=hours))[0].ok
+    ec.create_snapshot(CacheClusterId="cache1", SnapshotName="people-made-this")
+    manager.apply_retention(SLOT + timedelta(minutes=5))
+    names = {s["SnapshotName"] for s in ec.describe_snapshots()["Snapshots"]}
+    assert names == {snapshot_id("cache1", SLOT), "people-made-this"}
+
+
+class WithoutTagLists:
+    """A real RDS client whose describe answers omit TagList, as some API versions and partitions do."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not name.startswith("describe_"):
+            return attr
+
+        def wrapped(**kwargs: Any) -> Any:
+            answer = attr(**kwargs)
+            for value in answer.values():
+                for item in value if isinstance(value, list) else ():
+                    if isinstance(item, dict):
+                        item.pop("TagList", None)
+            return answer
+
+        return wrapped
+
+
+def test_retention_reads_tags_when_describe_omits_them(aws: Any) -> None:
+    """Without TagList in describe answers the agent asks for tags, so retention still spares foreign snapshots."""
+    make_instance()
+    manager = SnapshotManager(settings(rds_instances=["db1"], retention={"hourly": 1, "daily": 0, "weekly": 0}),
+                              client_factory=factory_with("rds", WithoutTagLists))
+    for hours in (1, 0):
+        assert manager.run_slot(SLOT - timedelta(hours=hours))[0].ok
+    rds().create_db_snapshot(DBSnapshotIdentifier="opsagent-db1-200001010000", DBInstanceIdentifier="db1")
+    manager.apply_retention(SLOT + timedelta(minutes=5))
+    assert set(manual_snapshots(PRIMARY)) == {snapshot_id("db1", SLOT), "opsagent-db1-200001010000"}
