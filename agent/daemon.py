@@ -30,7 +30,7 @@ from apscheduler.events import (
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 
 from agent import sentry
 from agent.config import Settings, TargetBase
@@ -44,6 +44,7 @@ log = structlog.get_logger("opsagent.daemon")
 HEARTBEAT_SECONDS = 2.0
 WEDGED_AFTER_SECONDS = 30.0
 STOP_BUDGET_SECONDS = 20.0
+LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 def build_runners(settings: Settings, names: list[str] | None = None,
@@ -76,6 +77,9 @@ class Agent:
         self.store = ResultStore()
         self.registry = CollectorRegistry(auto_describe=False)
         self._durations = duration_histogram(self.registry)
+        self._lateness = Histogram("opsagent_scheduler_lateness_seconds",
+                                   "How late a check run was submitted against its (jittered) schedule",
+                                   registry=self.registry, buckets=LATENESS_BUCKETS)
         self.runners = build_runners(settings, on_bug=sentry.capture_exception)
         self._targets = {(k, t.name): t for k, t in settings.checks.targets()}
         self._stats: dict[str, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
@@ -121,8 +125,9 @@ class Agent:
         count = max(1, len(self.runners))
         for i, (key, runner) in enumerate(self.runners.items()):
             target = self._targets[key]
-            # Spread first runs over the first second so 500 targets do not start in one burst.
-            first = now + timedelta(seconds=i / count)
+            # Spread first runs (10 ms apart, over at most the first second) so 500 targets do not start
+            # in one burst while a handful are all ready within a few milliseconds.
+            first = now + timedelta(seconds=min(1.0, count / 100) * i / count)
             self.scheduler.add_job(
                 self.run_target,
                 IntervalTrigger(seconds=target.interval, jitter=min(target.interval * 0.1, 2.0), timezone=timezone.utc),
@@ -176,6 +181,9 @@ class Agent:
         key = (kind, name)
         if event.code == EVENT_JOB_SUBMITTED:
             self._stats["opsagent_scheduler_runs_total"][key] += 1
+            times = getattr(event, "scheduled_run_times", None)
+            if times:
+                self._lateness.observe(max(0.0, (datetime.now(timezone.utc) - times[-1]).total_seconds()))
         elif event.code == EVENT_JOB_MISSED:
             self._stats["opsagent_scheduler_missed_runs_total"][key] += 1
             log.warning("check_run_missed", check=kind, target=name)
@@ -255,8 +263,20 @@ class Agent:
         self.stopped.set()
 
 
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's per-thread malloc arenas: check threads come and go, and each arena they
+    touch stays resident (measured: ~1.5 MiB of a monitoring-only agent's RSS, benchmarks/)."""
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-8, arenas))  # -8 is M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to cap
+        return False
+
+
 def run_forever(settings: Settings) -> int:
     """`opsagent run`: start, wait for SIGTERM/SIGINT, stop cleanly; exit 0."""
+    limit_malloc_arenas()
     agent = Agent(settings)
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -8,6 +8,7 @@ and timing. Checks themselves never catch broadly.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -45,13 +46,14 @@ def is_target_error(exc: BaseException) -> bool:
 class _Run:
     """One in-flight measurement; ``done`` wakes the waiting job."""
 
-    __slots__ = ("done", "reading", "error", "thread")
+    __slots__ = ("done", "reading", "error", "thread", "abandoned")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.reading: Reading | None = None
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
+        self.abandoned = False
 
 
 class TargetRunner:
@@ -74,6 +76,10 @@ class TargetRunner:
         self._on_bug = on_bug
         self._check: Check | None = None
         self._inflight: _Run | None = None
+        # One long-lived measuring thread per target, fed through its own queue: starting a
+        # thread per run cost more than a pgbouncer round trip (benchmarks/). A hung run's
+        # worker is abandoned with it and replaced on the next run.
+        self._worker: tuple[threading.Thread, queue.SimpleQueue[_Run | None]] | None = None
         self._lock = threading.Lock()
         self._stopping = False
         self.abandoned_total = 0
@@ -86,18 +92,16 @@ class TargetRunner:
         started = time.monotonic()
         with self._lock:
             previous = self._inflight
-            if previous is not None and previous.thread is not None and previous.thread.is_alive():
+            if previous is not None and previous.thread is not None and not previous.done.is_set():
                 self.skipped_total += 1
                 return self._down(started, "previous run still has no answer; target hangs")
             run = _Run()
             self._inflight = run
-        thread = threading.Thread(target=self._measure, args=(run,), name=f"check-{self.kind}-{self.target}", daemon=True)
-        run.thread = thread
-        thread.start()
+            self._submit(run)
         finished = run.done.wait(self.deadline)
         if not finished or (run.reading is None and run.error is None):
             self.abandoned_total += 1
-            self._abandon()
+            self._abandon(run)
             reason = "agent is stopping" if self._stopping else f"no answer within {self.deadline:g}s deadline"
             log.warning("check_timeout", check=self.kind, target=self.target, deadline=self.deadline)
             return self._down(started, reason)
@@ -118,6 +122,27 @@ class TargetRunner:
             gauges=reading.gauges,
             source=reading.source,
         )
+
+    def _submit(self, run: _Run) -> None:
+        """Hand ``run`` to this target's worker thread, starting one if there is none (caller holds the lock)."""
+        worker = self._worker
+        if worker is None:
+            jobs: queue.SimpleQueue[_Run | None] = queue.SimpleQueue()
+            thread = threading.Thread(target=self._serve, args=(jobs,), name=f"check-{self.kind}-{self.target}",
+                                      daemon=True)
+            self._worker = worker = (thread, jobs)
+            thread.start()
+        run.thread = worker[0]
+        worker[1].put(run)
+
+    def _serve(self, jobs: queue.SimpleQueue[_Run | None]) -> None:
+        while True:
+            run = jobs.get()
+            if run is None:
+                return
+            self._measure(run)
+            if run.abandoned:
+                return  # replaced while this run hung; the new worker serves the target
 
     def _measure(self, run: _Run) -> None:
         try:
@@ -151,10 +176,14 @@ class TargetRunner:
             error=error,
         )
 
-    def _abandon(self) -> None:
-        """Give up on a hung measurement: close its connection so the thread can unwind."""
+    def _abandon(self, run: _Run) -> None:
+        """Give up on a hung measurement: close its connection so the thread can unwind, retire its worker."""
         with self._lock:
             check, self._check = self._check, None
+            run.abandoned = True
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker[1].put(None)  # if the run finished just now, the worker exits instead of idling forever
         if check is not None:
             threading.Thread(target=_close_quietly, args=(check,), name="check-close", daemon=True).start()
 
@@ -190,6 +219,9 @@ class TargetRunner:
     def close(self) -> None:
         with self._lock:
             check, self._check = self._check, None
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker[1].put(None)
         if check is not None:
             _close_quietly(check)
 
