@@ -185,17 +185,34 @@ def cmd_check(settings: Settings, names: list[str], as_json: bool) -> int:
     return EXIT_FAIL if failed else EXIT_OK
 
 
+def _human(value: Any, alert: str | None) -> str:
+    """A value as its alarm writes it: ratios as percentages, durations in config units."""
+    from agent.alerts.catalog import ALARMS, ValueKind
+    from agent.units import format_duration
+
+    if value is None:
+        return "-"
+    if not isinstance(value, (int, float)):
+        return str(value)
+    kind = ALARMS[alert].kind if alert in ALARMS else None
+    if kind is ValueKind.RATIO:
+        return f"{value * 100:.2f}%"
+    if kind is ValueKind.DURATION:
+        return format_duration(round(float(value)))
+    return f"{value:.4g}"
+
+
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    def fmt(v: Any) -> str:
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
+    from agent.alerts.catalog import alarms_for_check
+
+    def unit_of(row: dict[str, Any]) -> str | None:
+        """The alarm whose units the numbers are in (a down row names TargetDown, but the threshold is the kind's)."""
+        specs = alarms_for_check(row["check"])
+        return specs[0].name if row["state"] == "down" and specs else row["alert"]
 
     headers = ["CHECK", "TARGET", "VALUE", "THRESHOLD", "STATE", "ALERT", "ERROR"]
-    table = [[r["check"], r["target"], fmt(r["value"]), fmt(r["threshold"]), r["state"], fmt(r["alert"]),
-              r["error"] or ""] for r in rows]
+    table = [[r["check"], r["target"], _human(r["value"], unit_of(r)), _human(r["threshold"], unit_of(r)),
+              r["state"], r["alert"] or "-", r["error"] or ""] for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(headers)]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
     for row in table:

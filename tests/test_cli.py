@@ -25,6 +25,8 @@ def test_all_within_thresholds_exits_0(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].split()[:3] == ["CHECK", "TARGET", "VALUE"]
     assert "HighMemory" in proc.stdout
+    row = proc.stdout.splitlines()[1].split()
+    assert row[2].endswith("%") and row[3] == "100.00%"  # ratios are shown as the config writes them
 
 
 def test_breached_threshold_exits_1_with_json_fields(tmp_path: Path) -> None:
