@@ -75,7 +75,7 @@ def test_killed_holder_does_not_block_next_slot_and_its_half_backup_vanishes(tmp
                                                                             source_db: SourceDb) -> None:
     """kill -9 of the agent mid-backup: the next slot runs, cleans the half-written backup, which is never listed."""
     slow = write_config(tmp_path, backup_config(tmp_path, dsn=source_db.dsn,
-                                                pg_dump_path=slow_tools(tmp_path, dump_sleep=120)), "slow.yaml")
+                                                pg_dump_path=slow_tools(tmp_path, dump_sleep=30)), "slow.yaml")
     holder = _agent(slow, SLOT1, time.time())
     backups = tmp_path / "primary" / "backups"
 

@@ -170,3 +170,33 @@ def test_alert_engine_raises_backup_alarms_from_the_synthetic_results(tmp_path: 
     firing = {a["alertname"]: a for a in pipeline.alerts() if a["state"] == "firing"}
     assert set(firing) == {"BackupFailed", "BackupStale", "ReplicaStale"}
     assert firing["BackupStale"]["target"] == "local" and firing["BackupStale"]["threshold"] == 3600.0
+
+
+def test_shutdown_mid_backup_is_not_a_failure_and_leaves_the_slot_open(tmp_path: Path, source_db: SourceDb) -> None:
+    """Stopping the agent during pg_dump ends it within seconds, raises no BackupFailed and lets the slot run again."""
+    import threading
+    import time
+
+    from agent.backup.engine import primary_repository
+    from tests.fixtures.backup import slow_tools
+
+    settings = backup_settings(tmp_path, dsn=source_db.dsn, pg_dump_path=slow_tools(tmp_path, dump_sleep=30))
+    store = ResultStore()
+    service = BackupService(settings, store)
+    outcome: list[str] = []
+    worker = threading.Thread(target=lambda: outcome.append(service.run_slot("backup", SLOT)))
+    worker.start()
+    backups = tmp_path / "primary" / "backups"
+    deadline = time.monotonic() + 30
+    while not (backups.is_dir() and any(f.stat().st_size for d in backups.iterdir() for f in d.iterdir())):
+        assert time.monotonic() < deadline, "pg_dump never produced output"
+        time.sleep(0.05)
+    started = time.monotonic()
+    service.stop(timeout=10)
+    worker.join(10)
+    assert outcome == ["interrupted"] and time.monotonic() - started < 10
+    repo = primary_repository(settings)
+    assert repo.get_state("last_run.json") is None and repo.list() == []
+    assert store.get("backup_run", "main") is None or store.get("backup_run", "main").value == 0.0
+    fresh = backup_settings(tmp_path, dsn=source_db.dsn)
+    assert BackupService(fresh, ResultStore()).run_slot("backup", SLOT) == "ran"

@@ -109,7 +109,7 @@ def test_drill_killed_mid_restore_leaves_nothing_after_next_drill(tmp_path: Path
     settings, _ = _backed_up(tmp_path, source_db)
     config = backup_config(tmp_path, dsn=source_db.dsn, replica=f"file://{tmp_path / 'replica'}",
                            drill_dsn=source_db.server.dsn("postgres"),
-                           pg_dump_path=slow_tools(tmp_path, restore_sleep=120))
+                           pg_dump_path=slow_tools(tmp_path, restore_sleep=30))
     path = write_config(tmp_path, config, "slow.yaml")
     proc = subprocess.Popen(
         [sys.executable, "-c",

@@ -146,8 +146,12 @@ class Drill:
                 if report.ok and not report.within_rto:
                     log.warning("drill_exceeded_rto", target=target, duration=report.duration_seconds, rto=b.rto)
                 reports.append(report)
-        if rds_drill_enabled(self.settings):
+        if rds_drill_enabled(self.settings) and not self.stop.is_set():
             reports.extend(self._rds())
+        if self.stop.is_set():
+            # Shutdown is not a failed drill; the scratch database is dropped by the next drill.
+            log.warning("drill_interrupted")
+            return []
         self._publish(reports)
         return reports
 

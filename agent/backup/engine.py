@@ -70,6 +70,7 @@ class RunReport:
     deleted: list[str] = field(default_factory=list)
     error: str | None = None  # a run-level failure (repository unreachable, retention failed…)
     lock: str | None = None
+    interrupted: bool = False  # stopped by agent shutdown
 
     @property
     def ok(self) -> bool:
@@ -86,6 +87,7 @@ class RunReport:
     def from_dict(cls, data: dict[str, Any]) -> RunReport:
         outcomes = [TargetOutcome(**o) for o in data.get("outcomes", [])]
         fields = {k: data.get(k) for k in ("started", "finished", "trigger", "slot", "cleaned", "deleted", "error", "lock")}
+        fields["interrupted"] = bool(data.get("interrupted", False))
         fields["cleaned"] = fields["cleaned"] or []
         fields["deleted"] = fields["deleted"] or []
         return cls(outcomes=outcomes, **fields)
@@ -175,13 +177,14 @@ class BackupEngine:
         with self._proc_lock:
             self._proc = proc
         if proc is not None and self.stop.is_set():
-            proc.kill()
+            pgdump.kill(proc)
 
     def kill_child(self) -> None:
         """Stop a running pg_dump (agent shutdown); the half-written backup is cleaned next run."""
         with self._proc_lock:
-            if self._proc is not None and self._proc.poll() is None:
-                self._proc.kill()
+            proc = self._proc
+        if proc is not None:
+            pgdump.kill(proc)
 
     def run(self, slot: datetime | None = None, trigger: str = "manual") -> RunReport:
         """Back up everything ``backup`` names, replicate, apply retention; never raises."""
@@ -214,8 +217,15 @@ class BackupEngine:
         except Exception as exc:  # noqa: BLE001 - a run reports, it does not crash the daemon
             report.error = describe(exc)
             log.error("backup_run_failed", error=report.error)
-        report.outcomes.extend(self._snapshots(slot))
+        if not self.stop.is_set():
+            report.outcomes.extend(self._snapshots(slot))
         report.finished = self.clock()
+        if self.stop.is_set():
+            # A shutdown (rolling deploy) is not a backup failure: nothing is published, the slot stays
+            # open, and the half-written backup is cleaned by the next run.
+            report.interrupted = True
+            log.warning("backup_run_interrupted", slot=report.slot)
+            return report
         self._publish(report)
         return report
 

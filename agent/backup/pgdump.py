@@ -11,6 +11,8 @@ it, so a damaged object is named as such even when pg_restore trips first.
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -31,6 +33,16 @@ OBJECT = "data.dump"
 COMPRESSION = "pg_dump custom format, gzip level 6"
 Progress = Callable[[int], None]
 ProcHook = Callable[["subprocess.Popen[bytes] | None"], None]
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a tool and anything it started (its own session: a wrapper script's children too)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+        proc.wait()
 
 
 def _tail(fh: object, limit: int = 1500) -> str:
@@ -61,7 +73,7 @@ def dump(dsn: str, target: str, repo: Repository, *, tool_override: str | None =
         log.info("backup_dump_started", kind="postgres", target=target, backup_id=backup_id, tool=tool.label,
                  server_version=server_version)
         with tempfile.TemporaryFile() as errfile:
-            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errfile, env=env)
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errfile, env=env, start_new_session=True)
             if on_proc:
                 on_proc(proc)
             writer = repo.writer(backup_id, OBJECT)
@@ -79,9 +91,7 @@ def dump(dsn: str, target: str, repo: Repository, *, tool_override: str | None =
                 tables = pgstats.table_stats(conn)  # same snapshot as the dump
                 info = writer.commit()
             except BaseException:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+                kill(proc)
                 writer.abort()
                 raise
             finally:
@@ -148,7 +158,8 @@ def restore_stream(chunks: Iterator[bytes], dsn: str, *, tool_override: str | No
     digest = hashlib.sha256()
     size = 0
     with tempfile.TemporaryFile() as errfile:
-        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errfile, env=env)
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errfile, env=env,
+                                start_new_session=True)
         if on_proc:
             on_proc(proc)
         try:
@@ -170,9 +181,7 @@ def restore_stream(chunks: Iterator[bytes], dsn: str, *, tool_override: str | No
                 pass
             code = proc.wait()
         except BaseException:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill(proc)
             raise
         finally:
             if on_proc:

@@ -26,6 +26,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from agent.backup import engine as eng
+from agent.backup import pgdump
 from agent.backup.drill import LAST_DRILL, Drill, DrillReport, rds_drill_enabled
 from agent.backup.engine import BackupEngine, RunReport, describe
 from agent.backup.lock import FleetLock
@@ -111,7 +112,11 @@ class BackupService:
             log.error("backup_job_crashed", job=job, error=describe(exc))
 
     def run_slot(self, job: str, slot: datetime) -> str:
-        """Run ``job`` for ``slot`` unless another agent has it or did it: 'ran', 'busy' or 'done'."""
+        """Run ``job`` for ``slot`` unless another agent has it or did it.
+
+        Returns 'ran', 'busy' (another run holds the lock), 'done' (the slot's marker exists) or
+        'interrupted' (the agent is stopping; no marker is written).
+        """
         busy = self._busy[job]
         if not busy.acquire(blocking=False):
             return "busy"
@@ -132,6 +137,8 @@ class BackupService:
                     self._run_backup(slot, "schedule", lock.mechanism)
                 else:
                     self._run_drill()
+                if self._stop.is_set():
+                    return "interrupted"  # no marker: the slot is not done
                 if repo is not None:
                     repo.put_state(marker, json.dumps({"finished": self.clock(), "job": job}).encode())
                 return "ran"
@@ -149,6 +156,8 @@ class BackupService:
         finally:
             self._engine = None
         report.lock = mechanism
+        if report.interrupted:
+            return report
         with self._state_lock:
             self._last_run = report
             self._snapshots_at = 0.0  # re-read the snapshots this run took
@@ -157,8 +166,9 @@ class BackupService:
     def _run_drill(self) -> list[DrillReport]:
         drill = Drill(self.settings, clock=self.clock, stop=self._stop, on_proc=self._remember_proc)
         reports = drill.run()
-        with self._state_lock:
-            self._last_drill = reports
+        if reports:  # empty when interrupted by shutdown
+            with self._state_lock:
+                self._last_drill = reports
         return reports
 
     def _remember_proc(self, proc: Any) -> None:
@@ -413,8 +423,8 @@ class BackupService:
         if engine is not None:
             engine.kill_child()
         proc = getattr(self, "_drill_proc", None)
-        if proc is not None and proc.poll() is None:
-            proc.kill()
+        if proc is not None:
+            pgdump.kill(proc)
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
