@@ -64,6 +64,19 @@ def test_a_slot_runs_once_and_the_next_slot_runs_again(tmp_path: Path, source_db
     assert service.lock_mechanism == "postgres-advisory"
 
 
+def test_old_slot_markers_are_pruned(tmp_path: Path) -> None:
+    """Slot markers older than a week are deleted after a run, recent ones stay (the state does not grow forever)."""
+    from agent.backup.engine import primary_repository
+
+    settings = backup_settings(tmp_path)
+    repo = primary_repository(settings)
+    repo.put_state("slots/backup-20261001T000000Z", b"{}")
+    repo.put_state("slots/backup-20261124T000000Z", b"{}")
+    now = SLOT.timestamp()
+    assert BackupService(settings, ResultStore(), clock=lambda: now).run_slot("backup", SLOT) == "ran"
+    assert repo.list_state("slots/") == ["slots/backup-20261124T000000Z", "slots/backup-20261125T140000Z"]
+
+
 def test_fresh_backup_metrics_and_results(tmp_path: Path, source_db: SourceDb) -> None:
     """After a good run: last-success timestamps, size, duration, RPO, run success, and age results near zero."""
     now = [1_800_000_000.0]

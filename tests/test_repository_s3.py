@@ -126,3 +126,14 @@ def test_corrupted_object_is_refused_by_replication(buckets: dict[str, Any]) -> 
         replicate(manifest, primary, replica, now=5000.0, region="eu-west-1")
     assert replica.list() == []
     assert not aws_clients.client("s3", "eu-west-1").list_multipart_uploads(Bucket=REPLICA).get("Uploads")
+
+
+def test_state_markers_list_and_delete(buckets: dict[str, Any]) -> None:
+    """Slot markers in S3 are written, listed by prefix, read back and deleted."""
+    repo = open_repository(f"s3://{PRIMARY}/prod", "us-east-1", buckets["key"])
+    repo.put_state("slots/backup-20261125T140000Z", b"{}")
+    repo.put_state("last_run.json", b"{}")
+    assert repo.list_state("slots/") == ["slots/backup-20261125T140000Z"]
+    assert repo.get_state("slots/backup-20261125T140000Z") == b"{}"
+    repo.delete_state("slots/backup-20261125T140000Z")
+    assert repo.list_state("slots/") == [] and repo.get_state("slots/backup-20261125T140000Z") is None

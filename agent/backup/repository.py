@@ -61,6 +61,8 @@ class Repository(Protocol):
     def cleanup_incomplete(self, keep_after: float | None = None) -> list[str]: ...
     def put_state(self, name: str, data: bytes) -> None: ...
     def get_state(self, name: str) -> bytes | None: ...
+    def list_state(self, prefix: str) -> list[str]: ...
+    def delete_state(self, name: str) -> None: ...
     def store_checksum(self, backup_id: str, name: str) -> str | None: ...
     def lock_file(self) -> Path | None: ...
 
@@ -238,6 +240,13 @@ class FileRepository:
             return (self.root / STATE / name).read_bytes()
         except FileNotFoundError:
             return None
+
+    def list_state(self, prefix: str) -> list[str]:
+        base = self.root / STATE
+        return sorted(str(p.relative_to(base)) for p in base.glob(f"{prefix}*") if p.is_file()) if base.is_dir() else []
+
+    def delete_state(self, name: str) -> None:
+        (self.root / STATE / name).unlink(missing_ok=True)
 
     def store_checksum(self, backup_id: str, name: str) -> str | None:
         path = self._dir(backup_id) / name
@@ -443,6 +452,13 @@ class S3Repository:
 
     def get_state(self, name: str) -> bytes | None:
         return self._get(f"{self.prefix}{STATE}/{name}")
+
+    def list_state(self, prefix: str) -> list[str]:
+        base = f"{self.prefix}{STATE}/"
+        return sorted(key[len(base):] for key in self._keys(base + prefix))
+
+    def delete_state(self, name: str) -> None:
+        self.s3.delete_object(Bucket=self.bucket, Key=f"{self.prefix}{STATE}/{name}")
 
     def store_checksum(self, backup_id: str, name: str) -> str | None:
         try:

@@ -21,5 +21,23 @@ def current_slot(trigger: BaseTrigger, now: datetime) -> datetime | None:
     return None
 
 
+SLOT_PREFIX = "slots/"
+_STAMP = "%Y%m%dT%H%M%SZ"
+
+
 def slot_key(job: str, slot: datetime) -> str:
-    return f"slots/{job}-{slot.strftime('%Y%m%dT%H%M%SZ')}"
+    return f"{SLOT_PREFIX}{job}-{slot.strftime(_STAMP)}"
+
+
+def expired_markers(names: list[str], now: datetime, keep: timedelta = timedelta(days=8)) -> list[str]:
+    """Slot markers older than ``keep`` (no agent can still be deciding about those slots)."""
+    out = []
+    for name in names:
+        stamp = name.rsplit("-", 1)[-1]
+        try:
+            when = datetime.strptime(stamp, _STAMP).replace(tzinfo=now.tzinfo)
+        except ValueError:
+            continue
+        if when < now - keep:
+            out.append(name)
+    return out

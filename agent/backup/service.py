@@ -32,7 +32,7 @@ from agent.backup.engine import BackupEngine, RunReport, describe
 from agent.backup.lock import FleetLock
 from agent.backup.manifest import Manifest, iso
 from agent.backup.repository import Repository
-from agent.backup.schedule import current_slot, slot_key
+from agent.backup.schedule import SLOT_PREFIX, current_slot, expired_markers, slot_key
 from agent.config import Settings
 from agent.results import CheckResult, ResultStore
 
@@ -141,12 +141,21 @@ class BackupService:
                     return "interrupted"  # no marker: the slot is not done
                 if repo is not None:
                     repo.put_state(marker, json.dumps({"finished": self.clock(), "job": job}).encode())
+                    self._prune_markers(repo, job)
                 return "ran"
             finally:
                 lock.release()
         finally:
             busy.release()
             self._safe_refresh()
+
+    def _prune_markers(self, repo: Repository, job: str) -> None:
+        try:
+            now = datetime.fromtimestamp(self.clock(), timezone.utc)
+            for name in expired_markers(repo.list_state(f"{SLOT_PREFIX}{job}-"), now):
+                repo.delete_state(name)
+        except Exception as exc:  # noqa: BLE001 - housekeeping; retried after the next run
+            log.warning("backup_marker_prune_failed", error=describe(exc))
 
     def _run_backup(self, slot: datetime | None, trigger: str, mechanism: str | None) -> RunReport:
         engine = BackupEngine(self.settings, clock=self.clock, stop=self._stop, exclusive=mechanism != "none")
