@@ -69,7 +69,7 @@ class BackupService:
         self._busy = {"backup": threading.Lock(), "drill": threading.Lock()}
         self._threads: list[threading.Thread] = []
         self._engine: BackupEngine | None = None
-        self._drill: Drill | None = None
+        self._drill_proc: Any = None  # a running drill's pg_restore, killed on stop
         self._state_lock = threading.Lock()
         self._last_run: RunReport | None = None
         self._last_drill: list[DrillReport] = []
@@ -101,7 +101,7 @@ class BackupService:
 
     def _has_backups(self) -> bool:
         b = self.settings.backup
-        return bool(b.repository and b.postgres) or bool(b.rds_instances or b.elasticache_clusters) or bool(b.repository)
+        return bool(b.repository or b.rds_instances or b.elasticache_clusters)
 
     def _scheduled(self, job: str, trigger: BaseTrigger) -> None:
         try:
@@ -431,7 +431,7 @@ class BackupService:
         engine = self._engine
         if engine is not None:
             engine.kill_child()
-        proc = getattr(self, "_drill_proc", None)
+        proc = self._drill_proc
         if proc is not None:
             pgdump.kill(proc)
         deadline = time.monotonic() + timeout
