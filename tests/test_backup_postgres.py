@@ -161,3 +161,21 @@ def test_failed_replication_is_reported_and_caught_up_next_run(tmp_path: Path, s
     replica = replica_repository(settings)
     assert replica is not None
     assert {m.id for m in replica.list()} == {first.outcomes[0].backup_id, second.outcomes[0].backup_id}
+
+
+def test_dump_memory_stays_flat_as_the_database_grows(private_pg: PostgresServer, tmp_path: Path) -> None:
+    """Backing up a database whose dump is many MiB holds about one chunk in memory, not the dump."""
+    import tracemalloc
+
+    big = new_database(private_pg, "big")
+    private_pg.psql("CREATE TABLE blob AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text) "
+                    "|| md5((g * 31)::text) AS v FROM generate_series(1, 150000) g", big)
+    repo = primary_repository(backup_settings(tmp_path, dsn=private_pg.dsn(big)))
+    tracemalloc.start()
+    try:
+        manifest = pgdump.dump(private_pg.dsn(big), "big", repo)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert manifest.size > 8 * 2**20, manifest.size
+    assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB for a {manifest.size / 2**20:.1f} MiB dump"
