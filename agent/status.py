@@ -86,9 +86,11 @@ def _fmt(value: Any, kind: str | None = None) -> str:
     return str(value)
 
 
-def _ago(ts: float | None) -> str:
+def _ago(ts: Any) -> str:
     if not ts:
         return "never"
+    if not isinstance(ts, (int, float)):
+        return str(ts)
     delta = max(0.0, time.time() - ts)
     return f"{delta:.0f}s ago" if delta < 120 else f"{delta / 60:.0f}m ago" if delta < 7200 else f"{delta / 3600:.1f}h ago"
 
@@ -151,25 +153,58 @@ def _backup_section(b: dict[str, Any]) -> str:
     e = html.escape
     out = ["<h2>Backups and disaster recovery</h2>"]
     rpo_t, rto_t = b.get("rpo_target_seconds"), b.get("rto_target_seconds")
+    rpo_now, rto_last = b.get("rpo_achieved_seconds"), b.get("rto_achieved_seconds")
     drill = b.get("last_drill") or {}
+    rpo_css = "bad" if rpo_now is not None and rpo_t and rpo_now > rpo_t else "ok"
+    if not drill:
+        drill_text, drill_css = "no drill yet", "warn"
+    else:
+        passed = drill.get("passed")
+        drill_text = f"{'passed' if passed else 'FAILED'} {drill.get('finished_at', '')}"
+        drill_css = "ok" if passed else "bad"
     out.append(
-        f"<p>RPO target {e(_fmt(rpo_t))}s · RTO target {e(_fmt(rto_t))}s · last drill: "
-        f"{e(str(drill.get('result', drill.get('ok', 'never'))))} in {e(_fmt(drill.get('duration_seconds')))}s "
-        f"({e(_ago(drill.get('finished')))})</p>"
+        "<table><tr><th></th><th>achieved</th><th>target</th></tr>"
+        f"<tr><td>RPO (age of newest complete backup)</td><td class='{rpo_css}'>{e(_seconds(rpo_now))}</td>"
+        f"<td>{e(_seconds(rpo_t))}</td></tr>"
+        f"<tr><td>RTO (last restore drill: <span class='{drill_css}'>{e(drill_text)}</span>)</td>"
+        f"<td class='{drill_css}'>{e(_seconds(rto_last))}</td><td>{e(_seconds(rto_t))}</td></tr></table>"
     )
-    out.append("<table><tr><th>kind</th><th>target</th><th>newest backup</th><th>newest replica copy</th><th>RPO now</th></tr>")
+    out.append("<table><tr><th>kind</th><th>target</th><th>newest backup</th><th>size</th>"
+               "<th>newest replica copy</th><th>RPO now</th></tr>")
     for t in b.get("targets", []):
         nb, nr = t.get("newest_backup") or {}, t.get("newest_replica") or {}
         rpo = t.get("rpo_seconds")
         css = "bad" if rpo is not None and rpo_t and rpo > rpo_t else "ok"
         out.append(
             f"<tr><td>{e(str(t.get('kind')))}</td><td>{e(str(t.get('target')))}</td>"
-            f"<td>{e(str(nb.get('id', '–')))} {e(_ago(nb.get('time')))}</td>"
-            f"<td>{e(str(nr.get('id', '–')))} {e(_ago(nr.get('time')))}</td>"
-            f"<td class='{css}'>{e(_fmt(rpo))}s</td></tr>"
+            f"<td>{e(str(nb.get('id', '–')))} <small>{e(_ago(nb.get('timestamp')))}</small></td>"
+            f"<td>{e(_bytes(nb.get('size')))}</td>"
+            f"<td>{e(str(nr.get('id', '–')))} <small>{e(_ago(nr.get('timestamp')))}</small></td>"
+            f"<td class='{css}'>{e(_seconds(rpo))}</td></tr>"
         )
     out.append("</table>")
     last = b.get("last_run") or {}
     if last:
-        out.append(f"<p>Last backup run: {e(json.dumps(last, default=str))}</p>")
+        verdict = "ok" if last.get("ok") else f"FAILED: {last.get('error') or 'see outcomes'}"
+        out.append(f"<p>Last backup run ({e(str(last.get('trigger', '')))}): "
+                   f"<span class='{'ok' if last.get('ok') else 'bad'}'>{e(verdict)}</span> "
+                   f"<small>{e(str(last.get('finished_at', '')))}</small></p>")
     return "".join(out)
+
+
+def _seconds(value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "–"
+    if value < 120:
+        return f"{value:.1f}s"
+    return f"{value / 60:.0f}m" if value < 7200 else f"{value / 3600:.1f}h"
+
+
+def _bytes(value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"

@@ -6,11 +6,12 @@ import gzip
 import socket
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import requests
 
 from tests.fixtures.agent import RunningAgent, poll
-from tests.fixtures.servers import HangingServer, closed_port
+from tests.fixtures.servers import HangingServer, PostgresServer, closed_port
 
 Start = Callable[..., RunningAgent]
 
@@ -120,3 +121,20 @@ def test_a_slow_client_does_not_block_metrics(start_agent: Start) -> None:
     finally:
         for s in stalled:
             s.close()
+
+
+def test_status_page_shows_backups_rpo_and_rto(start_agent: Start, private_pg: PostgresServer, tmp_path: Path) -> None:
+    """After a backup and a drill the page shows the newest backup, its replica copy, RPO and RTO against targets."""
+    dsn = private_pg.dsn()
+    a = start_agent({
+        "checks": {"postgres": [{"name": "main", "dsn": dsn, "interval": "5s"}]},
+        "backup": {"repository": f"file://{tmp_path}/primary", "replica": f"file://{tmp_path}/replica",
+                   "postgres": ["main"], "drill_dsn": dsn},
+    })
+    assert a.agent.backup.trigger_backup()
+    status = poll(lambda: (s := a.status())["backups"]["last_run"] and s, timeout=60)
+    backup_id = status["backups"]["targets"][0]["newest_backup"]["id"]
+    assert status["backups"]["targets"][0]["newest_replica"]["id"] == backup_id
+    page = a.get("/")
+    assert page.status_code == 200
+    assert backup_id in page.text and "RPO" in page.text and "RTO" in page.text and "no drill yet" in page.text
