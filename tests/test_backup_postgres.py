@@ -179,3 +179,18 @@ def test_dump_memory_stays_flat_as_the_database_grows(private_pg: PostgresServer
         tracemalloc.stop()
     assert manifest.size > 8 * 2**20, manifest.size
     assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB for a {manifest.size / 2**20:.1f} MiB dump"
+
+
+
+def test_repository_refusing_the_upload_fails_cleanly(tmp_path: Path, source_db: SourceDb) -> None:
+    """A repository that cannot take the object fails the backup with its reason and leaves no pg_dump behind."""
+    import psutil
+
+    settings = backup_settings(tmp_path, dsn=source_db.dsn)
+    (tmp_path / "primary").mkdir()
+    (tmp_path / "primary" / "backups").write_text("a file where the backups directory should be")
+    report = BackupEngine(settings).run()
+    assert not report.ok and report.outcomes[0].error
+    assert "backups" in report.outcomes[0].error
+    children = [p for p in psutil.Process().children(recursive=True) if "pg_dump" in " ".join(p.cmdline())]
+    assert children == []

@@ -76,8 +76,10 @@ def dump(dsn: str, target: str, repo: Repository, *, tool_override: str | None =
             proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errfile, env=env, start_new_session=True)
             if on_proc:
                 on_proc(proc)
-            writer = repo.writer(backup_id, OBJECT)
+            writer = None
             try:
+                # Inside the try: a store that refuses the upload must not leave pg_dump blocked on its pipe.
+                writer = repo.writer(backup_id, OBJECT)
                 written = 0
                 assert proc.stdout is not None
                 while chunk := proc.stdout.read1(CHUNK):
@@ -92,7 +94,8 @@ def dump(dsn: str, target: str, repo: Repository, *, tool_override: str | None =
                 info = writer.commit()
             except BaseException:
                 kill(proc)
-                writer.abort()
+                if writer is not None:
+                    writer.abort()
                 raise
             finally:
                 if on_proc:
