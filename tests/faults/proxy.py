@@ -335,7 +335,9 @@ class HttpFaultProxy:
             for key, value in headers:
                 if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
                     h.send_header(key, value)
-            h.send_header("Content-Length", str(len(payload)))
+            upstream_length = next((v for k, v in headers if k.lower() == "content-length"), None)
+            h.send_header("Content-Length", upstream_length if h.command == "HEAD" and upstream_length
+                          else str(len(payload)))
             h.end_headers()
             if h.command != "HEAD":
                 h.wfile.write(payload)
