@@ -293,10 +293,10 @@ _CRON_FIELD = r"[0-9*/,\-A-Za-z?]+"
 def _check_cron(value: object) -> object:
     if not isinstance(value, str) or not re.fullmatch(rf"\s*{_CRON_FIELD}(\s+{_CRON_FIELD}){{4}}\s*", value):
         raise ValueError(f"{value!r} is not a cron expression; expected five fields such as '0 * * * *' (UTC)")
-    from apscheduler.triggers.cron import CronTrigger
+    from agent.backup.schedule import cron_trigger
 
     try:
-        CronTrigger.from_crontab(value, timezone="UTC")
+        cron_trigger(value)
     except ValueError as exc:
         raise ValueError(f"{value!r} is not a valid cron expression ({exc}); expected five fields such as '0 * * * *'") from None
     return value

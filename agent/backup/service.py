@@ -21,7 +21,6 @@ from typing import Any
 
 import structlog
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.core import GaugeMetricFamily, Metric
 
@@ -32,7 +31,7 @@ from agent.backup.engine import BackupEngine, RunReport, describe
 from agent.backup.lock import FleetLock
 from agent.backup.manifest import Manifest, iso
 from agent.backup.repository import Repository
-from agent.backup.schedule import SLOT_PREFIX, current_slot, expired_markers, slot_key
+from agent.backup.schedule import SLOT_PREFIX, cron_trigger, current_slot, expired_markers, slot_key
 from agent.config import Settings
 from agent.results import CheckResult, ResultStore
 
@@ -86,10 +85,10 @@ class BackupService:
         b = self.settings.backup
         out: list[tuple[str, BaseTrigger, Callable[[], None]]] = []
         if b.enabled and self._has_backups():
-            trigger = CronTrigger.from_crontab(b.schedule, timezone="UTC")
+            trigger = cron_trigger(b.schedule)
             out.append(("backup", trigger, lambda: self._scheduled("backup", trigger)))
         if b.enabled and b.drill_schedule and (b.drill_dsn and b.postgres or rds_drill_enabled(self.settings)):
-            drill_trigger = CronTrigger.from_crontab(b.drill_schedule, timezone="UTC")
+            drill_trigger = cron_trigger(b.drill_schedule)
             out.append(("drill", drill_trigger, lambda: self._scheduled("drill", drill_trigger)))
         if self._has_backups():
             # Started one interval minus a second ago: the first refresh runs a second after start-up,
