@@ -6,9 +6,9 @@ import os
 import stat
 from pathlib import Path
 
+import boto3
 import pytest
 
-from agent import aws as aws_clients
 from agent import secrets
 from agent.backup import pgdump, pgtools
 from agent.backup.engine import BackupEngine, primary_repository, replica_repository
@@ -124,10 +124,10 @@ def test_retention_runs_in_both_repositories_and_keeps_newest(tmp_path: Path, so
 
 def test_s3_backup_replicates_to_second_region(tmp_path: Path, source_db: SourceDb, aws: MotoServer) -> None:
     """With S3 repositories in two regions, a run backs up, copies with the DR key and lists in both."""
-    aws_clients.client("s3", "us-east-1").create_bucket(Bucket="acme-backups")
-    aws_clients.client("s3", "eu-west-1").create_bucket(
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="acme-backups")
+    boto3.client("s3", region_name="eu-west-1").create_bucket(
         Bucket="acme-backups-dr", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    dr_key = aws_clients.client("kms", "eu-west-1").create_key()["KeyMetadata"]["KeyId"]
+    dr_key = boto3.client("kms", region_name="eu-west-1").create_key()["KeyMetadata"]["KeyId"]
     settings = backup_settings(tmp_path, dsn=source_db.dsn, repository="s3://acme-backups/prod",
                                replica="s3://acme-backups-dr/prod", replica_region="eu-west-1",
                                replica_kms_key_id=dr_key)

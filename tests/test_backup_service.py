@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import boto3
+
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -144,9 +146,8 @@ def test_last_run_is_shared_through_the_repository(tmp_path: Path) -> None:
 
 def test_rds_snapshots_join_the_run_and_the_freshness_results(tmp_path: Path, aws) -> None:  # type: ignore[no-untyped-def]
     """With an RDS instance configured, the scheduled run snapshots and copies it, and its RPO is reported."""
-    from agent import aws as aws_clients
-
-    aws_clients.client("rds", "us-east-1").create_db_instance(
+    
+    boto3.client("rds", region_name="us-east-1").create_db_instance(
         DBInstanceIdentifier="app-db", DBInstanceClass="db.t3.micro", Engine="postgres",
         MasterUsername="postgres", MasterUserPassword="password123", AllocatedStorage=20)
     settings = backup_settings(tmp_path, rds_instances=["app-db"], replica_region="eu-west-1")

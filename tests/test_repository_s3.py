@@ -7,9 +7,9 @@ import os
 import tracemalloc
 from typing import Any
 
+import boto3
 import pytest
 
-from agent import aws as aws_clients
 from agent.backup.engine import replicate
 from agent.backup.errors import ChecksumMismatch
 from agent.backup.manifest import Manifest, ObjectInfo, new_id
@@ -22,11 +22,11 @@ REPLICA = "opsagent-replica"
 
 @pytest.fixture
 def buckets(aws: MotoServer) -> dict[str, Any]:
-    aws_clients.client("s3", "us-east-1").create_bucket(Bucket=PRIMARY)
-    aws_clients.client("s3", "eu-west-1").create_bucket(
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=PRIMARY)
+    boto3.client("s3", region_name="eu-west-1").create_bucket(
         Bucket=REPLICA, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    key = aws_clients.client("kms", "us-east-1").create_key()["KeyMetadata"]["KeyId"]
-    dr_key = aws_clients.client("kms", "eu-west-1").create_key()["KeyMetadata"]["KeyId"]
+    key = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
+    dr_key = boto3.client("kms", region_name="eu-west-1").create_key()["KeyMetadata"]["KeyId"]
     return {"key": key, "dr_key": dr_key}
 
 
@@ -54,7 +54,7 @@ def test_multipart_object_is_confirmed_and_encrypted(buckets: dict[str, Any]) ->
     assert repo.list() == []
     repo.write_manifest(_manifest(backup_id, info))
     assert [m.id for m in repo.list()] == [backup_id]
-    head = aws_clients.client("s3", "us-east-1").head_object(
+    head = boto3.client("s3", region_name="us-east-1").head_object(
         Bucket=PRIMARY, Key=f"prod/backups/{backup_id}/data.dump", ChecksumMode="ENABLED")
     assert head["ServerSideEncryption"] == "aws:kms" and buckets["key"] in head["SSEKMSKeyId"]
     assert head["ChecksumSHA256"].split("-")[0] == info.store_checksum.split("-")[0]
@@ -80,7 +80,7 @@ def test_streaming_upload_memory_stays_flat(buckets: dict[str, Any]) -> None:
 def test_abandoned_upload_and_orphans_are_cleaned(buckets: dict[str, Any]) -> None:
     """A killed run's multipart upload and manifest-less objects are removed by cleanup and never listed."""
     repo = open_repository(f"s3://{PRIMARY}/prod", "us-east-1")
-    s3 = aws_clients.client("s3", "us-east-1")
+    s3 = boto3.client("s3", region_name="us-east-1")
     done = new_id("postgres", "main", 1000.0)
     repo.write_manifest(_manifest(done, _stream(repo, done, b"complete")))
     abandoned = new_id("postgres", "main", 2000.0)
@@ -109,7 +109,7 @@ def test_replication_to_another_region_writes_replica_manifest_last(buckets: dic
     assert copy.replicated_at == 5000.0 and copy.region == "eu-west-1" and copy.verified
     listed = replica.list()
     assert [m.id for m in listed] == [backup_id] and listed[0].objects[0].sha256 == manifest.objects[0].sha256
-    head = aws_clients.client("s3", "eu-west-1").head_object(Bucket=REPLICA, Key=f"prod/backups/{backup_id}/data.dump")
+    head = boto3.client("s3", region_name="eu-west-1").head_object(Bucket=REPLICA, Key=f"prod/backups/{backup_id}/data.dump")
     assert buckets["dr_key"] in head["SSEKMSKeyId"]
 
 
@@ -120,12 +120,12 @@ def test_corrupted_object_is_refused_by_replication(buckets: dict[str, Any]) -> 
     backup_id = new_id("postgres", "main", 1000.0)
     manifest = _manifest(backup_id, _stream(primary, backup_id, b"A" * 100_000))
     primary.write_manifest(manifest)
-    aws_clients.client("s3", "us-east-1").put_object(Bucket=PRIMARY, Key=f"prod/backups/{backup_id}/data.dump",
+    boto3.client("s3", region_name="us-east-1").put_object(Bucket=PRIMARY, Key=f"prod/backups/{backup_id}/data.dump",
                                              Body=b"A" * 99_999 + b"B")
     with pytest.raises(ChecksumMismatch, match="damaged"):
         replicate(manifest, primary, replica, now=5000.0, region="eu-west-1")
     assert replica.list() == []
-    assert not aws_clients.client("s3", "eu-west-1").list_multipart_uploads(Bucket=REPLICA).get("Uploads")
+    assert not boto3.client("s3", region_name="eu-west-1").list_multipart_uploads(Bucket=REPLICA).get("Uploads")
 
 
 def test_state_markers_list_and_delete(buckets: dict[str, Any]) -> None:
