@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import boto3
-
 from datetime import datetime, timezone
 from pathlib import Path
 
+import boto3
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry
