@@ -24,22 +24,11 @@ class CpuCheck(SimpleCheck):
         # /readyz within the 1.5 s start budget, and HighCPU's `for` smooths a coarse first reading.
         self._warm_wait = min(0.25, target.deadline / 4)
 
-    def _source(self) -> str:
-        if self.target.source != "auto":
-            return self.target.source
-        if host.ecs_base_url():
-            return "ecs"
-        if host.cgroup_cpu_limit(self.cgroup_root) is not None:
-            return "cgroup"
-        return "host"
-
     def measure(self) -> Reading:
-        source = self._source()
+        limit = host.cgroup_cpu_limit(self.cgroup_root)
+        source = host.choose_source(self.target.source, limit)
         if source == "ecs":
-            base = host.ecs_base_url()
-            if not base:
-                raise CheckError(f"source is ecs but {host.ECS_ENV} is not set")
-            ratio, details = host.ecs_cpu(host.read_ecs(base, timeout=min(5.0, self.target.deadline)))
+            ratio, details = host.ecs_cpu(host.ecs_snapshot(self.target.deadline))
             gauges = tuple(
                 Gauge("opsagent_container_cpu_utilisation_ratio", c["utilisation"], {"container": name},
                       "CPU used by a task container over its limit")
@@ -47,7 +36,6 @@ class CpuCheck(SimpleCheck):
             )
             return Reading(ratio, {"source": "ecs task metadata v4", **details}, gauges, source="ecs")
         if source == "cgroup":
-            limit = host.cgroup_cpu_limit(self.cgroup_root)
             if limit is None:
                 raise CheckError(f"source is cgroup but {self.cgroup_root / 'cpu.max'} sets no limit")
             cores = self._sample(lambda: host.cgroup_cpu_usage_seconds(self.cgroup_root))

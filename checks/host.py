@@ -33,6 +33,23 @@ def ecs_base_url() -> str | None:
     return os.environ.get(ECS_ENV) or None
 
 
+def choose_source(configured: str, cgroup_limit: object | None) -> str:
+    """``auto`` picks ECS metadata inside ECS, cgroup v2 when it sets a limit, else the host."""
+    if configured != "auto":
+        return configured
+    if ecs_base_url():
+        return "ecs"
+    return "cgroup" if cgroup_limit is not None else "host"
+
+
+def ecs_snapshot(deadline: float) -> EcsSnapshot:
+    """Both metadata documents, within the run's deadline."""
+    base = ecs_base_url()
+    if not base:
+        raise CheckError(f"source is ecs but {ECS_ENV} is not set")
+    return read_ecs(base, timeout=min(5.0, deadline))
+
+
 def fetch_json(url: str, timeout: float) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - metadata endpoint URL from ECS
         return json.loads(response.read())

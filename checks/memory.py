@@ -17,22 +17,11 @@ class MemoryCheck(SimpleCheck):
         self.target = target
         self.cgroup_root = Path(target.cgroup_root)
 
-    def _source(self) -> str:
-        if self.target.source != "auto":
-            return self.target.source
-        if host.ecs_base_url():
-            return "ecs"
-        if host.cgroup_memory_limit(self.cgroup_root) is not None:
-            return "cgroup"
-        return "host"
-
     def measure(self) -> Reading:
-        source = self._source()
+        limit = host.cgroup_memory_limit(self.cgroup_root)
+        source = host.choose_source(self.target.source, limit)
         if source == "ecs":
-            base = host.ecs_base_url()
-            if not base:
-                raise CheckError(f"source is ecs but {host.ECS_ENV} is not set")
-            ratio, details = host.ecs_memory(host.read_ecs(base, timeout=min(5.0, self.target.deadline)))
+            ratio, details = host.ecs_memory(host.ecs_snapshot(self.target.deadline))
             gauges = tuple(
                 Gauge("opsagent_container_memory_used_bytes", float(c["used_bytes"]), {"container": name},
                       "Working-set memory of a task container")
@@ -40,7 +29,6 @@ class MemoryCheck(SimpleCheck):
             )
             return Reading(ratio, {"source": "ecs task metadata v4", **details}, gauges, source="ecs")
         if source == "cgroup":
-            limit = host.cgroup_memory_limit(self.cgroup_root)
             if limit is None:
                 raise CheckError(f"source is cgroup but {self.cgroup_root / 'memory.max'} sets no limit")
             used = host.cgroup_memory_used(self.cgroup_root)
