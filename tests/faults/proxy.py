@@ -211,6 +211,7 @@ class Rule:
     times: int = 1
     delay: float = 0.0
     hits: int = 0
+    hit: threading.Event = field(default_factory=threading.Event)  # set on the first matching request
 
 
 @dataclass
@@ -302,10 +303,17 @@ class HttpFaultProxy:
             for rule in self.rules:
                 if rule.hits < rule.times and rule.match(request):
                     rule.hits += 1
+                    rule.hit.set()
                     return rule
         return None
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        try:
+            self._handle_one(h)
+        except OSError:  # the client died mid-request (a killed agent): nothing to answer
+            h.close_connection = True
+
+    def _handle_one(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
         if h.headers.get("Transfer-Encoding", "").lower() == "chunked":
