@@ -117,6 +117,8 @@ class AlertPipeline:
         self._up: dict[tuple[str, str], bool] = {}
         self.sinks = build_sinks(settings)
         self.outboxes = {s.name: Outbox(self.state_dir / "outbox" / s.name) for s in self.sinks}
+        # Messages an outbox could not take (disk full): kept in order, retried by every tick.
+        self._unsent: dict[str, list[dict[str, Any]]] = {s.name: [] for s in self.sinks}
         self.workers = {
             s.name: DeliveryWorker(s, self.outboxes[s.name], clock=clock, backoff_base=backoff_base,
                                    backoff_cap=backoff_cap)
@@ -159,7 +161,10 @@ class AlertPipeline:
             "alerts": [s.to_dict() for s in self._states.values() if s.active or s.unknown],
             "contexts": {_key_text(k): v for k, v in self._contexts.items()},
         }
-        atomic_write(self.state_path, json.dumps(data, sort_keys=True, default=str).encode())
+        try:
+            atomic_write(self.state_path, json.dumps(data, sort_keys=True, default=str).encode())
+        except OSError as exc:  # disk full: keep evaluating and paging; the next save retries
+            log.error("alert_state_write_failed", path=str(self.state_path), error=secrets.scrub(str(exc)))
 
     def _reconcile(self) -> None:
         """After a restart: page what was never queued; resolve what config no longer alarms on."""
@@ -269,8 +274,21 @@ class AlertPipeline:
 
     def _enqueue(self, t: Transition, context: Mapping[str, Any] | None = None) -> None:
         payload = alert_payload(t.state, t.kind, self.ident, at=t.at, context=context)
-        for outbox in self.outboxes.values():
-            outbox.put(payload)
+        for name in self.outboxes:
+            self._unsent[name].append(payload)
+            self._flush(name)
+
+    def _flush(self, name: str) -> bool:
+        """Hand this sink's held-back messages to its outbox, oldest first; False while the disk refuses them."""
+        unsent = self._unsent[name]
+        while unsent:
+            try:
+                self.outboxes[name].put(unsent[0])
+            except OSError as exc:
+                log.error("alert_outbox_write_failed", sink=name, waiting=len(unsent), error=secrets.scrub(str(exc)))
+                return False
+            unsent.pop(0)
+        return True
 
     # -- delivery --------------------------------------------------------------------------------
 
@@ -292,12 +310,15 @@ class AlertPipeline:
 
     def tick(self) -> None:
         """Re-send firing alerts to Alertmanager every ``notify.repeat_interval`` (it forgets unrefreshed alerts)."""
+        with self._lock:
+            for name in self._unsent:
+                self._flush(name)
         outbox = self.outboxes.get("alertmanager")
         if outbox is None:
             return
         now = self.clock()
         with self._lock:
-            if len(outbox):
+            if len(outbox) or self._unsent["alertmanager"]:
                 return  # still delivering: the queue already carries fresh state, don't pile up repeats
             due = [s for k, s in self._states.items()
                    if s.phase is Phase.FIRING and s.notified
@@ -382,7 +403,7 @@ class AlertPipeline:
         failures = CounterMetricFamily("opsagent_notify_failures", "Failed alert delivery attempts.",
                                        labels=["sink"])
         for name, worker in self.workers.items():
-            depth.add_metric([name], float(len(self.outboxes[name])))
+            depth.add_metric([name], float(len(self.outboxes[name]) + len(self._unsent[name])))
             sent.add_metric([name], float(worker.sent))
             failures.add_metric([name], float(worker.failures))
         yield depth

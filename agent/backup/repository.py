@@ -143,9 +143,13 @@ class _FileWriter:
         return ObjectInfo(name=self.path.name, size=self._size, sha256=expected, store_checksum=stored)
 
     def abort(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
-        self.path.unlink(missing_ok=True)
+        try:
+            if not self._fh.closed:
+                self._fh.close()  # flushing buffered bytes fails on a full disk: still remove the file
+        except OSError:
+            pass
+        finally:
+            self.path.unlink(missing_ok=True)
 
 
 def _sha256_file(path: Path) -> str:
