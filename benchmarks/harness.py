@@ -275,13 +275,19 @@ class AgentProc:
         self.proc.stop()
 
 
-def start_agent(workdir: Path, config: dict[str, Any], name: str = "opsagent",
-                env: dict[str, str] | None = None) -> AgentProc:
+def write_config(workdir: Path, config: dict[str, Any], name: str) -> tuple[Path, int, dict[str, Any]]:
+    """The agent's YAML with a free listen port and its own state dir: (path, port, full config)."""
     port = free_port()
     config = {**config, "agent": {"name": "bench", "listen": f"127.0.0.1:{port}",
                                   "state_dir": str(workdir / f"{name}-state"), **config.get("agent", {})}}
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path, port, config
+
+
+def start_agent(workdir: Path, config: dict[str, Any], name: str = "opsagent",
+                env: dict[str, str] | None = None) -> AgentProc:
+    path, port, config = write_config(workdir, config, name)
     started = time.monotonic()
     proc = spawn(name, [OPSAGENT, "run", "--config", str(path)], workdir, env)
     return AgentProc(proc, port, started, config)
@@ -332,5 +338,5 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.0
 __all__ = [
     "AgentProc", "Exporters", "Proc", "cpu_seconds", "ensure_exporters", "every", "free_port", "http_get",
     "hwm_mib", "median", "pct", "rss_mib", "running_agent", "sample_count", "scrape_value", "spawn", "spread",
-    "start_agent", "threads", "timed_get", "wait_for", "wait_for_port", "wait_http", "workdir",
+    "start_agent", "threads", "timed_get", "wait_for", "wait_for_port", "wait_http", "workdir", "write_config",
 ]

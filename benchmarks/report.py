@@ -45,6 +45,7 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    profiles: list[Any] = field(default_factory=list)  # benchmarks.profile.Profile
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
@@ -91,6 +92,9 @@ class Report:
         if self.errors:
             lines += ["## Errors in this run", ""] + [f"- {e}" for e in self.errors] + [""]
         lines += [notes.strip(), ""]
+        if self.profiles:
+            lines += ["## Profiles from this run", ""]
+            lines += [p.markdown() for p in self.profiles]
         return "\n".join(lines)
 
 
