@@ -63,6 +63,8 @@ class FaultProxy:
         self._listener: socket.socket | None = None
         self.port = 0
         self._listen()
+        if mode == "refuse":  # the port is reserved; connections to it are refused until set_mode()
+            self._unlisten()
 
     # -- control ---------------------------------------------------------------------------------
 
