@@ -426,6 +426,8 @@ class Settings(BaseSettings):
                 }
             if isinstance(model, (list, tuple)):
                 return [mask(n, m) for n, m in zip(node, model)]
+            if isinstance(node, str) and "://" in node:
+                return secrets.mask_url(node)  # a plain URL may still carry user:password (metrics_url)
             return node
 
         result = mask(data, self)
@@ -520,13 +522,17 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key}: unknown key; remove it or check its spelling"
     if kind == "missing":
         return f"{key}: required but missing"
+    # Never echo what may be a secret: a secret key's value, or any URL (credentials, webhook paths).
+    raw = error.get("input")
+    hidden = key.rsplit(".", 1)[-1] in _SECRET_KEYS or "@" in str(raw) or "://" in str(raw)
     if kind == "string_pattern_mismatch":
+        value = "the value" if hidden else repr(raw)
         if key.endswith("name") or ".postgres[" in key and key.startswith("backup"):
-            return f"{key}: {error.get('input')!r} is not a valid name; expected {_NAME_FORM}"
+            return f"{key}: {value} is not a valid name; expected {_NAME_FORM}"
         if key.endswith("sns_topic_arn"):
-            return f"{key}: {error.get('input')!r} is not an SNS topic ARN; expected arn:aws:sns:REGION:ACCOUNT:NAME"
+            return f"{key}: {value} is not an SNS topic ARN; expected arn:aws:sns:REGION:ACCOUNT:NAME"
         if key.endswith("load_balancer"):
-            return f"{key}: {error.get('input')!r} is not an ALB name; expected app/NAME/ID"
+            return f"{key}: {value} is not an ALB name; expected app/NAME/ID"
         return f"{key}: {msg}"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
@@ -534,9 +540,7 @@ def _describe(error: dict[str, Any]) -> str:
             return msg
         return f"{key}: {msg}"
     form = _FORMS.get(kind)
-    shown = error.get("input")
-    # Never echo what may be a secret: a secret key's value, or any URL (credentials, webhook paths).
-    hidden = key.rsplit(".", 1)[-1] in _SECRET_KEYS or "@" in str(shown) or "://" in str(shown)
+    shown = raw
     shown_text = "" if isinstance(shown, (dict, list)) or shown is None or hidden else f"{secrets.scrub(str(shown))!r}: "
     if form:
         return f"{key}: {shown_text}expected {form}"

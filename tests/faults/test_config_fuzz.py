@@ -125,8 +125,10 @@ def _guarded(doc: Any, env: dict[str, str]) -> set[str]:
     return found
 
 
-def _check_outcome(code: int, out: str, err: str, guarded: set[str] = set(SECRET_TEXTS)) -> None:
-    record("cli", out + err)
+def _check_outcome(code: int, out: str, err: str, guarded: set[str] = set(SECRET_TEXTS),
+                   placed: set[str] = set()) -> None:
+    if placed <= guarded:  # the final secret scan only gets outputs whose secrets the agent could know about
+        record("cli", out + err)
     assert "Traceback" not in err and "Traceback" not in out
     assert code in (0, 2), (code, err)
     if code == 2:
@@ -149,7 +151,8 @@ def test_any_yaml_and_environment_loads_or_exits_2_naming_a_key(tmp_path: Path, 
     except yaml.YAMLError:
         return
     code, out, err = _validate(path, env)
-    _check_outcome(code, out, err, _guarded(doc, env))
+    placed = {s for s in SECRET_TEXTS if s in repr(doc) + repr(env)}
+    _check_outcome(code, out, err, _guarded(doc, env), placed)
 
 
 @settings(max_examples=60, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture])
