@@ -31,7 +31,6 @@ def init(settings: Settings) -> bool:
         dsn=dsn.get_secret_value(),
         release=f"opsagent@{__version__}",
         server_name=settings.agent.name,
-        send_default_pii=False,
         include_local_variables=False,
         max_breadcrumbs=20,
         before_send=_before_send,
