@@ -1,7 +1,9 @@
 """Profiles taken during the run, so RESULTS.md shows where time goes, not only how much.
 
 ``py-spy`` samples the running agent from outside (``--nonblocking``: the agent
-is never paused, so its CPU figure is not disturbed); ``pyinstrument`` profiles
+is never paused, so its CPU figure is not disturbed — py-spy's default mode,
+which stops every thread per sample, multiplied the agent's CPU by 20 here;
+``--gil``: only the thread running Python counts); ``pyinstrument`` profiles
 one cold start's main thread (imports, config, first round).
 """
 
@@ -31,11 +33,11 @@ class Profile:
 class PySpy:
     """``py-spy record`` attached to a pid for a fixed time, raw (collapsed) output."""
 
-    def __init__(self, pid: int, seconds: float, out: Path, rate: int = 100) -> None:
+    def __init__(self, pid: int, seconds: float, out: Path, rate: int = 250) -> None:
         self.out = out
         exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         self.proc = subprocess.Popen(
-            [exe, "record", "--nonblocking", "--threads", "--rate", str(rate), "--format", "raw",
+            [exe, "record", "--nonblocking", "--gil", "--rate", str(rate), "--format", "raw",
              "--duration", str(int(seconds)), "--pid", str(pid), "--output", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -61,7 +63,7 @@ class PySpy:
             own[_short(frames[-1])] += n
             for frame in {_short(f) for f in frames}:
                 inclusive[frame] += n
-        lines = [f"{total} samples of running threads at 100 Hz (threads blocked in a wait are left out)", "",
+        lines = [f"{total} samples of the thread holding the GIL at 250 Hz (Python CPU; waits are left out)", "",
                  "self (where CPU is spent):"]
         lines += [f"  {n / total:6.1%}  {name}" for name, n in own.most_common(top)] if total else []
         lines += ["", "inclusive (what it was spent for):"]
