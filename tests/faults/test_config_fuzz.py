@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import subprocess
 import sys
@@ -84,9 +85,7 @@ environments = st.dictionaries(env_names, env_values, max_size=3)
 def _validate(path: Path, env: dict[str, str]) -> tuple[int, str, str]:
     """Run `opsagent config validate` in-process with ``env`` as the environment; (status, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
-    saved = dict(__import__("os").environ)
-    import os
-
+    saved = dict(os.environ)
     os.environ.clear()
     os.environ.update({k: v for k, v in saved.items() if not k.startswith("OPSAGENT_")})
     os.environ.update(env)
@@ -185,7 +184,8 @@ def test_hostile_files_exit_2_quickly_without_traceback(tmp_path: Path) -> None:
         path = tmp_path / f"{name}.yaml"
         path.write_text(text)
         proc = subprocess.run([sys.executable, "-m", "agent", "config", "validate", "--config", str(path)],
-                              capture_output=True, text=True, timeout=20)
+                              capture_output=True, text=True, timeout=20,
+                              env={k: v for k, v in os.environ.items() if not k.startswith("OPSAGENT_")})
         record("cli", proc.stdout + proc.stderr)
         assert "Traceback" not in proc.stderr, (name, proc.stderr[-2000:])
         assert proc.returncode in (0, 2), (name, proc.returncode, proc.stderr[-500:])

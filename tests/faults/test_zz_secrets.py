@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -109,7 +110,7 @@ def _config(tmp_path: Path, slack: Receiver, pagerduty: Receiver, sentry: Sentry
 
 def _cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([sys.executable, "-m", "agent", *args, "--config", str(config)], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, env=_clean_env())
     record("cli", proc.stdout + proc.stderr)
     return proc
 
@@ -122,7 +123,7 @@ def test_a_secret_laden_daemon_and_cli_run_against_failing_targets(tmp_path: Pat
     listen = yaml.safe_load(config.read_text())["agent"]["listen"]
     url = f"http://{listen}"
     proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_env())
     try:
         poll(lambda: _ok(url + "/readyz"), timeout=30, interval=0.2)
         r = requests.post(url + "/backup", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=5)
@@ -158,6 +159,11 @@ def test_a_secret_laden_daemon_and_cli_run_against_failing_targets(tmp_path: Pat
         _cli(*args, config=config)
     shown = _cli("config", "show", config=config)
     assert shown.returncode == 0 and "***" in shown.stdout
+
+
+def _clean_env() -> dict[str, str]:
+    """The test runner's environment without OPSAGENT_* switches (the agent rejects unknown ones)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("OPSAGENT_")}
 
 
 def _ok(url: str) -> bool:
