@@ -40,7 +40,14 @@ def is_target_error(exc: BaseException) -> bool:
     if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
         return True
     module = type(exc).__module__ or ""
-    return module.split(".")[0] in _TARGET_ERROR_MODULES
+    if module.split(".")[0] in _TARGET_ERROR_MODULES:
+        return True
+    # A plain ValueError raised inside a driver's reply parser (garbage on the wire) is the target's fault too.
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return isinstance(exc, (ValueError, UnicodeDecodeError)) and where.split(".")[0] in _TARGET_ERROR_MODULES
 
 
 class _Run:

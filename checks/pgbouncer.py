@@ -19,7 +19,7 @@ from psycopg import pq
 
 from agent.config import PgBouncerTarget
 from checks.base import CheckError, Gauge, Reading
-from checks.postgres import connect_kwargs
+from checks.postgres import close_connection, connect_kwargs
 
 SHOW_POOLS = "SHOW POOLS"
 SHOW_STATS = "SHOW STATS"
@@ -152,6 +152,6 @@ class PgBouncerCheck:
         return {"worst_pools": pools[:5]}
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        conn = self._conn
+        if conn is not None and close_connection(conn) and self._conn is conn:
+            self._conn = None

@@ -15,6 +15,8 @@ the side of paging, and ``details.hidden_backends`` says how many there were.
 from __future__ import annotations
 
 import math
+import os
+import socket
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -104,6 +106,35 @@ def connect_kwargs(dsn: str, deadline: float, *, statement_timeout: bool = True)
     return params
 
 
+def close_connection(conn: psycopg.Connection[Any]) -> bool:
+    """Close ``conn``, unless another thread is inside a query on it: then only shut its socket down.
+
+    The runner closes an abandoned check from another thread while the measuring
+    thread may still be blocked in libpq on that connection. Freeing libpq's
+    connection under it is a use-after-free that aborts the whole process (glibc
+    "invalid stdio handle", found by the fault suite's soak). Shutting the socket
+    down instead makes the blocked call fail in its own thread, which then closes
+    the connection itself. True when the connection was closed here.
+    """
+    if conn.lock.acquire(blocking=False):
+        try:
+            conn.close()
+        finally:
+            conn.lock.release()
+        return True
+    try:
+        dup = socket.socket(fileno=os.dup(conn.pgconn.socket))
+    except (OSError, psycopg.Error):
+        return False
+    try:
+        dup.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        dup.close()
+    return False
+
+
 class PostgresCheck:
     """Connections in use / usable, by state, oldest idle transaction, replica lag."""
 
@@ -185,6 +216,6 @@ class PostgresCheck:
         ]}
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        conn = self._conn
+        if conn is not None and close_connection(conn) and self._conn is conn:
+            self._conn = None

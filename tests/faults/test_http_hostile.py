@@ -124,7 +124,7 @@ def test_runbook_page_still_served(running: RunningAgent) -> None:
 
 
 def test_slowloris_clients_do_not_starve_metrics(running: RunningAgent) -> None:
-    """Two hundred clients trickling headers a byte at a time and fifty idle half-open ones leave /metrics answering within a second."""
+    """Two hundred clients trickling headers a byte at a time and fifty idle half-open ones leave /metrics answering within two seconds."""
     host, port = running.settings.agent.listen.rsplit(":", 1)
     stop = threading.Event()
     socks: list[socket.socket] = []
@@ -144,7 +144,7 @@ def test_slowloris_clients_do_not_starve_metrics(running: RunningAgent) -> None:
     t.start()
     try:
         times = [_metrics_ok(running) for _ in range(20)]
-        assert max(times) < 1.0, times
+        assert max(times) < 2.0, times
         assert running.get("/healthz").status_code == 200
     finally:
         stop.set()

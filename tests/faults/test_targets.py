@@ -8,6 +8,7 @@ every DSN is one of the suite's recognisable values.
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ import pytest
 
 from agent.config import load_config
 from agent.daemon import build_runners
-from tests.faults.evidence import BOUNCER_PASSWORD, PG_PASSWORD, REDIS_PASSWORD, SLACK_PATH, figure, record
+from tests.faults.evidence import BOUNCER_PASSWORD, PG_PASSWORD, REDIS_PASSWORD, SLACK_PATH, figure, record, records
 from tests.faults.proxy import FaultProxy
 from tests.fixtures import pgbouncer as pgb
 from tests.fixtures.agent import RunningAgent, poll
@@ -98,6 +99,7 @@ def test_every_fault_mode_fires_and_resolves_target_down_while_other_checks_keep
         start_agent: Callable[..., RunningAgent], proxies: dict[str, FaultProxy], secret_pg: PostgresServer) -> None:
     """Refused, reset, garbage, hung and slow targets each page TargetDown and resolve it once healthy again, while cpu runs every second and /metrics keeps answering."""
     receiver = Receiver()
+    logged_before = len(records())
     try:
         running = start_agent({
             "checks": _targets(proxies),
@@ -137,7 +139,11 @@ def test_every_fault_mode_fires_and_resolves_target_down_while_other_checks_keep
             assert len(heads) == 2 * len(FAULT_MODES), heads
             assert all(("FIRING" in h) == (i % 2 == 0) for i, h in enumerate(heads)), heads
         gaps = [b - a for a, b in zip(cpu_times, cpu_times[1:])]
-        assert len(cpu_times) > 10 and max(gaps) < 2.0, f"cpu check stalled: longest gap {max(gaps):.2f}s"
+        figure("targets_fault_modes", {"modes": list(FAULT_MODES), "targets": 3, "pages": len(bodies),
+                                       "cpu_runs": len(cpu_times), "max_cpu_gap_seconds": round(max(gaps), 2)})
+        crashed = [t for src, t in records()[logged_before:] if src == "log" and '"check_crashed"' in t]
+        assert not crashed, f"a target's fault was treated as an agent bug: {crashed[:2]}"
+        assert len(cpu_times) > 10 and max(gaps) < 2.5, f"cpu check stalled: longest gap {max(gaps):.2f}s"
     finally:
         receiver.close()
 
@@ -223,3 +229,106 @@ def test_five_hundred_failing_rounds_grow_neither_memory_nor_file_descriptors(
     assert rss_growth < 8 * 1024 * 1024, f"RSS grew {rss_growth / 2**20:.1f} MiB over 500 failing rounds"
     assert after[1] <= before[1] + 2, f"open fds {before[1]} -> {after[1]}"
     assert after[2] <= before[2] + 2, f"threads {before[2]} -> {after[2]}"
+
+
+def test_hung_then_reset_connections_never_crash_the_daemon(
+        secret_pg: PostgresServer, secret_bouncer: PgBouncerServer, tmp_path: Any) -> None:
+    """Targets that hang mid-query (so the agent gives up on them) and then reset the connection leave the daemon process alive and measuring."""
+    import subprocess
+    import sys
+
+    import requests
+    import yaml
+
+    from tests.fixtures.servers import free_port
+
+    proxies = [FaultProxy(secret_pg.port) for _ in range(4)] + [FaultProxy(secret_bouncer.port) for _ in range(2)]
+    listen = f"127.0.0.1:{free_port()}"
+    config = {
+        "agent": {"listen": listen, "state_dir": str(tmp_path / "state"), "log_level": "error"},
+        "checks": {"cpu": None, "memory": None,
+                   "postgres": [{"name": f"db{i}", "interval": "1s", "timeout": "1s",
+                                 "dsn": f"postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{p.port}/postgres"}
+                                for i, p in enumerate(proxies[:4])],
+                   "pgbouncer": [{"name": f"pool{i}", "interval": "1s", "timeout": "1s",
+                                  "dsn": f"postgresql://{pgb.ADMIN_USER}:{BOUNCER_PASSWORD}@127.0.0.1:{p.port}/pgbouncer"}
+                                 for i, p in enumerate(proxies[4:])]},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSAGENT_")}
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://{listen}"
+
+    def all_up() -> bool:
+        try:
+            rows = requests.get(url + "/status", timeout=2).json()["checks"]
+        except (requests.RequestException, ValueError):
+            return False
+        return len(rows) == 6 and all(r["up"] for r in rows)
+
+    try:
+        for _ in range(4):
+            poll(all_up, timeout=20, interval=0.2)
+            for p in proxies:
+                p.set_mode("blackhole")
+            time.sleep(2.5)  # every run is abandoned; its connection is closed behind the blocked query
+            for p in proxies:
+                p.set_mode("refuse")  # RST wakes the blocked queries
+            time.sleep(1.0)
+            assert proc.poll() is None, f"the daemon died: {proc.communicate()[0][-3000:]}"
+            for p in proxies:
+                p.set_mode("pass")
+        poll(all_up, timeout=20, interval=0.2)
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+        for p in proxies:
+            p.close()
+    record("log", out)
+    assert proc.returncode == 0, out[-3000:]
+
+
+class _LyingRedis:
+    """Answers every command with a RESP integer that is not a number."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = int(self.sock.getsockname()[1])
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                conn.settimeout(2)
+                conn.recv(65536)
+                conn.sendall(b":\x9bnot-a-number\r\n")
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+
+def test_garbage_that_breaks_the_client_parser_is_the_targets_fault(tmp_path: Any) -> None:
+    """A Redis answering unparsable numbers is reported down as a target problem, not as an agent crash sent to Sentry."""
+    import yaml
+
+    server = _LyingRedis()
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"checks": {"cpu": None, "memory": None, "redis": [
+        {"name": "liar", "url": f"redis://:{REDIS_PASSWORD}@127.0.0.1:{server.port}/0", "timeout": "2s"}]}}))
+    bugs: list[BaseException] = []
+    runners = build_runners(load_config(config, env={}), on_bug=bugs.append)
+    result = runners[("redis", "liar")].run()
+    server.sock.close()
+    assert not result.up and result.error
+    assert bugs == [], bugs
