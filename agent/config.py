@@ -8,9 +8,11 @@ types, units, URLs, duplicate names, stray environment variables) into a
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,7 +28,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent import secrets
 from agent.alerts.catalog import ALARMS, SEVERITIES, AlarmSpec, ValueKind
@@ -335,6 +337,20 @@ class BackupSection(Model):
         return self
 
 
+# The environment a load reads: a mapping handed to pydantic-settings instead of
+# swapping os.environ, which other threads (boto3, drivers) may be reading.
+_ENVIRONMENT: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("opsagent_env", default=None)
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = _ENVIRONMENT.get()
+        if env is None:
+            return super()._load_env_vars()
+        # Settings are case-insensitive: keys are matched lower-cased, as pydantic-settings does for os.environ.
+        return {key.lower(): value for key, value in env.items()}
+
+
 class Settings(BaseSettings):
     """The whole configuration. Environment variables override the file."""
 
@@ -362,7 +378,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings, init_settings)
+        return (_MappingEnvSource(settings_cls), init_settings)
 
     @model_validator(mode="after")
     def _cross_refs(self) -> Settings:
@@ -636,11 +652,8 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     if path is not None:
         data = read_yaml(Path(path))
     problems = _check_environment(env)
-    saved = dict(os.environ)
+    token = _ENVIRONMENT.set(env)
     try:
-        if env is not None:
-            os.environ.clear()
-            os.environ.update(env)
         try:
             settings = Settings(**data)
         except ValidationError as exc:
@@ -653,8 +666,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
             problems.append("configuration: nested too deeply to validate; expected the documented sections and keys")
             raise ConfigError(problems) from None
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        _ENVIRONMENT.reset(token)
     if problems:
         raise ConfigError(problems)
     secrets.register(settings.secret_values())

@@ -205,3 +205,28 @@ def test_durations(text: object, seconds: float) -> None:
 def test_ratios(text: object, ratio: float) -> None:
     """Ratios are accepted as fractions or percentages."""
     assert parse_ratio(text) == pytest.approx(ratio)
+
+
+def test_loading_with_an_explicit_environment_never_touches_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other threads (boto3 reading AWS_ENDPOINT_URL) never see the process environment change during a load."""
+    import os
+    import threading
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
+    missing: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if os.environ.get("AWS_ENDPOINT_URL") != "http://127.0.0.1:5000":
+                missing.append(1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for _ in range(200):
+            load_config(None, env={"OPSAGENT_AGENT__NAME": "x"})
+    finally:
+        done.set()
+        watcher.join()
+    assert not missing
