@@ -6,7 +6,7 @@
 Installs the exporters when missing, starts a private PostgreSQL, PgBouncer and
 Redis (the test suite's own fixtures), measures every figure of issue 9 and
 writes the table to ``benchmarks/RESULTS.md`` (plus the raw figures as
-``benchmarks/results.json``). ``--quick`` (the default) compresses the long
+``benchmarks/RESULTS.json``; ``--out`` names both). ``--quick`` (the default) compresses the long
 runs so the whole thing finishes within about 15 minutes on a 2-core machine;
 ``--full`` uses the issue's literal durations and a ≥ 1 GB database.
 """
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     raw = report.to_json()
-    (args.out.parent / "results.json").write_text(json.dumps(_lean(raw), indent=1))
+    args.out.with_suffix(".json").write_text(json.dumps(_lean(raw), indent=1))
     if args.save_baseline:
         (HERE / "baseline.json").write_text(json.dumps(_lean(raw), indent=1))
     notes = (HERE / "NOTES.md").read_text() if (HERE / "NOTES.md").exists() else ""
