@@ -30,8 +30,11 @@ services:
 test: $(VENV)/.dev services
 	$(BIN)/pytest -q
 
-bench: $(VENV)/.dev services
+$(VENV)/.bench: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $@ $(VENV)/.dev $(VENV)/.runtime
+
+bench: $(VENV)/.dev $(VENV)/.bench services
 	$(BIN)/python -m benchmarks $(ARGS)
 
 soak: $(VENV)/.dev services
