@@ -26,6 +26,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _keep_every_log_line() -> Iterator[None]:
-    """Route the agent's structlog output (debug and up) into the evidence kept for the secret scan."""
+    """Route the agent's structlog output (debug and up) into the evidence kept for the secret scan.
+
+    The previous structlog and stdlib logging set-up is restored afterwards, so
+    test modules outside tests/faults see the logging they expect.
+    """
+    import logging
+
+    import structlog
+
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    aps_level = logging.getLogger("apscheduler").level
     agent_logging.configure("debug", stream=LOG_STREAM, json=True)
     yield
+    structlog.configure(**saved)
+    root.handlers, root.level = handlers, level
+    logging.getLogger("apscheduler").setLevel(aps_level)
