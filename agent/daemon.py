@@ -103,11 +103,12 @@ class Agent:
 
             self.backup = BackupService(settings, self.store, clock=clock)
 
-        self.registry.register(ResultsCollector(self.store, self.scheduler_stats))
+        # Rendered by the Exposition with per-result caching, not through the registry (benchmarks/).
+        self.results_metrics = ResultsCollector(self.store, self.scheduler_stats)
         self.registry.register(CollectorAdapter(self.pipeline.collect))
         if self.backup is not None:
             self.registry.register(CollectorAdapter(self.backup.collect))
-        self.exposition = Exposition(self.registry, lambda: self.store.version)
+        self.exposition = Exposition(self.registry, lambda: self.store.version, prefix=self.results_metrics.render)
 
         workers = max(4, len(self.runners) + 4)
         self.scheduler = BackgroundScheduler(

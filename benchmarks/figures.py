@@ -257,6 +257,10 @@ def figure_scrape(ctx: Ctx) -> None:
                 previous = body
     finally:
         ex.stop()
+    identical = render_identical()
+    ctx.report.add(Row("scrape", "Cached renderer = prometheus_client's generate_latest, byte for byte",
+                       "identical" if identical else "DIFFERENT", "—", None, "identical", identical,
+                       "300 random updates (down targets, escapes, label sets, counters)"))
     ctx.report.add(Row("scrape", "/metrics after new results (one render of the exposition included)",
                        f"{h.median(cold) * 1000:.2f} ms median, {max(cold) * 1000:.2f} ms worst",
                        f"{h.pct(times['theirs'], 99) * 1000:.2f} ms p99 postgres_exporter", None, "information", None,
@@ -652,6 +656,43 @@ def _stats_seconds(dsn: str) -> float:
         took = time.monotonic() - t0
         conn.rollback()
     return took
+
+
+def render_identical(updates: int = 300, seed: int = 9) -> bool:
+    """The cached renderer (ResultsCollector.render) gives byte for byte what generate_latest gives."""
+    from prometheus_client.exposition import generate_latest
+
+    from agent.metrics import ResultsCollector
+    from agent.results import CheckResult, ResultStore
+    from checks.base import Gauge
+
+    class Fixed:
+        def __init__(self, families: list[Any]) -> None:
+            self.families = families
+
+        def collect(self) -> list[Any]:
+            return self.families
+
+    rng = random.Random(seed)
+    store = ResultStore()
+    stats: dict[str, dict[tuple[str, str], int]] = {"opsagent_scheduler_runs_total": {}}
+    collector = ResultsCollector(store, lambda: {k: dict(v) for k, v in stats.items()})
+    kinds = ("postgres", "redis", "pgbouncer", "cpu")
+    for _ in range(updates):
+        i = rng.randrange(40)
+        kind, up = kinds[i % 4], rng.random() > 0.2
+        gauges = tuple(Gauge(f"opsagent_{kind}_g{j}", rng.random() * 10 ** rng.randint(-3, 12), {},
+                             "help \\ and \n") for j in range(rng.randint(0, 6))) if up else ()
+        if up and kind == "postgres":
+            gauges += tuple(Gauge("opsagent_postgres_connections", float(rng.randint(0, 9)), {"state": st}, "by state")
+                            for st in ("idle", "active", 'we"ird\\'))
+        store.record(CheckResult(kind, f't{i}"x', up, rng.random() if up else None, time.time(), 0.01,
+                                 error=None if up else "down", gauges=gauges))
+        key = (kind, f't{i}"x')
+        stats["opsagent_scheduler_runs_total"][key] = stats["opsagent_scheduler_runs_total"].get(key, 0) + 1
+        if collector.render() != generate_latest(Fixed(list(collector.collect()))):  # type: ignore[arg-type]
+            return False
+    return True
 
 
 FIGURES: dict[str, Callable[[Ctx], None]] = {
