@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     mode = Mode.full() if args.full else Mode.quick()
     h.ensure_exporters()
-    report = Report(mode.name, compression=mode.describe())
+    report = Report(mode.name, compression=mode.describe(), commit=_commit())
     work = h.workdir()
     names = args.only or list(FIGURES)
 
@@ -79,6 +79,20 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(report.render(load_json(HERE / "baseline.json"), notes))
     print(f"bench: wrote {args.out}", flush=True)
     return 1 if report.errors else 0
+
+
+def _commit() -> str:
+    """The checked-out commit, marked dirty when product code differs from it."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=HERE.parent, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "agent", "checks"], capture_output=True,
+                               text=True, cwd=HERE.parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + (" (with uncommitted changes in agent/ or checks/)" if dirty else "")
 
 
 def _lean(raw: dict) -> dict:  # type: ignore[type-arg]
