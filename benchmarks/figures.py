@@ -408,16 +408,18 @@ def figure_cpu(ctx: Ctx) -> None:
         agent.wait_ready()
         time.sleep(16)  # one full round after the first: connections made, imports done
         spy = PySpy(agent.pid, m.cpu_seconds, ctx.work / "cpu-profile.txt")
-        cpu0, t0 = h.cpu_seconds(agent.pid), time.monotonic()
+        (u0, s0), t0 = h.cpu_split(agent.pid), time.monotonic()
         h.every(15.0, m.cpu_seconds, lambda _e: agent.metrics())
-        cpu1, t1 = h.cpu_seconds(agent.pid), time.monotonic()
+        (u1, s1), t1 = h.cpu_split(agent.pid), time.monotonic()
+        cpu0, cpu1 = u0 + s0, u1 + s1
         ctx.report.profiles.append(spy.summary(f"CPU figure: {count} targets at 15 s, py-spy over the measured "
                                                f"{m.cpu_seconds:.0f} s"))
         rss = h.rss_mib(agent.pid)
     share = (cpu1 - cpu0) / (t1 - t0)
     ctx.report.add(Row("cpu", f"CPU, {count} targets at 15 s + a 15 s scrape", f"{share:.3%} of one core", "—", None,
                        "≤ 0.5 %", share <= 0.005,
-                       f"{cpu1 - cpu0:.2f} CPU s over {t1 - t0:.0f} s wall (after one warm-up round); RSS {rss:.1f} MiB"))
+                       f"{cpu1 - cpu0:.2f} CPU s ({u1 - u0:.2f} user, {s1 - s0:.2f} system) over {t1 - t0:.0f} s wall "
+                       f"(after one warm-up round); RSS {rss:.1f} MiB"))
 
 
 # -- scale: 500 targets, some hanging ---------------------------------------------------------------

@@ -103,9 +103,15 @@ def threads(pid: int) -> int:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds the process has used so far."""
+    user, system = cpu_split(pid)
+    return user + system
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds the process has used so far."""
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 @dataclass
@@ -336,7 +342,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.0
 
 
 __all__ = [
-    "AgentProc", "Exporters", "Proc", "cpu_seconds", "ensure_exporters", "every", "free_port", "http_get",
+    "AgentProc", "Exporters", "Proc", "cpu_seconds", "cpu_split", "ensure_exporters", "every", "free_port", "http_get",
     "hwm_mib", "median", "pct", "rss_mib", "running_agent", "sample_count", "scrape_value", "spawn", "spread",
     "start_agent", "threads", "timed_get", "wait_for", "wait_for_port", "wait_http", "workdir", "write_config",
 ]
