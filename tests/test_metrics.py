@@ -1,0 +1,43 @@
+"""The cached /metrics renderer gives exactly what prometheus_client would render, and follows changes."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+
+from agent.metrics import ResultsCollector
+from agent.results import CheckResult, ResultStore
+from checks.base import Gauge
+
+
+def result(check: str, target: str, value: float | None, at: float, **labels: str) -> CheckResult:
+    gauges = (Gauge("opsagent_test_connections", 3.0 + at, {"state": "idle", **labels}, 'help with "quotes"\\'),
+              Gauge("opsagent_test_bytes", 1024.0 * at, {}, "bytes"))
+    return CheckResult(check, target, value is not None, value, at, 0.01, error=None if value is not None else "down",
+                       gauges=gauges if value is not None else ())
+
+
+def reference(collector: ResultsCollector) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry)
+
+
+def test_cached_render_equals_prometheus_client_render_across_updates() -> None:
+    """After every kind of change (new target, new value, target down, odd label text) the bytes are identical."""
+    store = ResultStore()
+    stats: dict[str, dict[tuple[str, str], int]] = {"opsagent_scheduler_runs_total": {}}
+    collector = ResultsCollector(store, lambda: stats)
+    steps = [
+        result("postgres", "main", 0.5, 1.0),
+        result("redis", "cache", 0.25, 2.0, db='0"\n\\x'),
+        result("postgres", "main", 0.75, 3.0),
+        result("redis", "cache", None, 4.0),
+        result("postgres", "replica", 0.1, 5.0),
+    ]
+    for i, step in enumerate(steps):
+        store.record(step)
+        stats["opsagent_scheduler_runs_total"][step.key] = i + 1
+        assert collector.render() == reference(collector), f"after step {i}"
+    assert b'opsagent_check_up{check="redis",target="cache"} 0.0' in collector.render()
+    assert b'opsagent_check_value{check="postgres",target="main"} 0.75' in collector.render()
