@@ -45,7 +45,7 @@ class ResultsCollector:
         self._store = store
         self._scheduler_stats = scheduler_stats
         self._fragments: dict[tuple[str, str], tuple[CheckResult, _Fragment]] = {}
-        self._counter_lines: dict[tuple[str, str, str, int], bytes] = {}
+        self._counter_lines: dict[tuple[str, str, str], tuple[int, bytes]] = {}  # latest count's line per series
         self._info = generate_latest(_Families([_build_info()]))
 
     def collect(self) -> Iterable[Metric]:
@@ -107,12 +107,10 @@ class ResultsCollector:
         return b"".join(out)
 
     def _render_counters(self, stats: dict[str, dict[tuple[str, str], int]]) -> list[bytes]:
-        missing = {name: [(k, c) for k, c in stats.get(name, {}).items() if (name, *k, c) not in self._counter_lines]
+        lines = self._counter_lines
+        missing = {name: [(k, c) for k, c in stats.get(name, {}).items() if lines.get((name, *k), (None,))[0] != c]
                    for name, _ in SCHEDULER_COUNTERS}
         if any(missing.values()):
-            if len(self._counter_lines) > 100_000:
-                self._counter_lines.clear()
-                missing = {name: list(stats.get(name, {}).items()) for name, _ in SCHEDULER_COUNTERS}
             families = []
             for name, help_text in SCHEDULER_COUNTERS:
                 family = CounterMetricFamily(name.removesuffix("_total"), help_text, labels=["check", "target"])
@@ -121,11 +119,11 @@ class ResultsCollector:
                 families.append(family)
             for (name, _), text in zip(SCHEDULER_COUNTERS, _split_families(generate_latest(_Families(families)))):
                 for ((check, target), count), line in zip(missing[name], text[1]):
-                    self._counter_lines[(name, check, target, count)] = line
+                    lines[(name, check, target)] = (count, line)
         out: list[bytes] = []
         for name, _ in SCHEDULER_COUNTERS:
             out.append(_COUNTER_HEADERS[name])
-            out.extend(self._counter_lines[(name, *k, c)] for k, c in sorted(stats.get(name, {}).items()))
+            out.extend(lines[(name, *k)][1] for k, _ in sorted(stats.get(name, {}).items()))
         return out
 
 
