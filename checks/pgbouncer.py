@@ -19,7 +19,7 @@ from psycopg import pq
 
 from agent.config import PgBouncerTarget
 from checks.base import CheckError, Gauge, Reading
-from checks.postgres import close_connection, connect_kwargs
+from checks.postgres import ConnectionSlot, connect_kwargs
 
 SHOW_POOLS = "SHOW POOLS"
 SHOW_STATS = "SHOW STATS"
@@ -99,14 +99,11 @@ class PgBouncerCheck:
     def __init__(self, target: PgBouncerTarget) -> None:
         self.target = target
         self._params = connect_kwargs(target.dsn.get_secret_value(), target.deadline, statement_timeout=False)
-        self._conn: psycopg.Connection[Any] | None = None
+        self._slot = ConnectionSlot()
 
     def _cursor(self) -> psycopg.ClientCursor[Any]:
-        conn = self._conn
-        if conn is None or conn.closed or conn.broken:
-            self.close()
-            conn = psycopg.connect(autocommit=True, cursor_factory=psycopg.ClientCursor, **self._params)
-            self._conn = conn
+        conn = self._slot.get(
+            lambda: psycopg.connect(autocommit=True, cursor_factory=psycopg.ClientCursor, **self._params))
         return conn.cursor()  # type: ignore[return-value]
 
     def _query(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -114,7 +111,7 @@ class PgBouncerCheck:
         try:
             return _rows(cur, SHOW_POOLS), _rows(cur, SHOW_STATS), _rows(cur, SHOW_DATABASES)
         except psycopg.Error:
-            self.close()  # re-established on the next run
+            self._slot.drop()  # re-established on the next run
             raise
 
     def measure(self) -> Reading:
@@ -152,6 +149,4 @@ class PgBouncerCheck:
         return {"worst_pools": pools[:5]}
 
     def close(self) -> None:
-        conn = self._conn
-        if conn is not None and close_connection(conn) and self._conn is conn:
-            self._conn = None
+        self._slot.close()

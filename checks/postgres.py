@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import os
 import socket
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import psycopg
@@ -135,6 +136,53 @@ def close_connection(conn: psycopg.Connection[Any]) -> bool:
     return False
 
 
+class ConnectionSlot:
+    """A check's one persistent connection, safe against ``close()`` from the runner's thread.
+
+    The measuring thread calls :meth:`get` and :meth:`drop`; the runner calls
+    :meth:`close` (shutdown, or a run it gave up on) from another thread, after
+    which the check is never used again. A connection that completes after that
+    (the run was abandoned mid-connect) is closed at once instead of being kept
+    by a check nobody will close: that leaked one session per hung connect
+    (found by the fault suite's soak).
+    """
+
+    def __init__(self) -> None:
+        self._conn: psycopg.Connection[Any] | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def get(self, connect: Callable[[], psycopg.Connection[Any]]) -> psycopg.Connection[Any]:
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        self.drop()
+        conn = connect()
+        with self._lock:
+            if not self._closed:
+                self._conn = conn
+                return conn
+        conn.close()
+        raise CheckError("the check was closed while connecting (its run had been abandoned)")
+
+    def drop(self) -> None:
+        """Forget a broken connection (measuring thread); the next ``get`` reconnects."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        """For good, from any thread."""
+        with self._lock:
+            self._closed = True
+            conn = self._conn
+        if conn is not None and close_connection(conn):
+            with self._lock:
+                if self._conn is conn:
+                    self._conn = None
+
+
 class PostgresCheck:
     """Connections in use / usable, by state, oldest idle transaction, replica lag."""
 
@@ -143,19 +191,14 @@ class PostgresCheck:
     def __init__(self, target: PostgresTarget) -> None:
         self.target = target
         self._params = connect_kwargs(target.dsn.get_secret_value(), target.deadline)
-        self._conn: psycopg.Connection[Any] | None = None
+        self._slot = ConnectionSlot()
         # Planning MEASURE_SQL (pg_stat_activity is a view over several joins) costs
         # more than running it: prepare once per connection. A transaction-pooling
         # proxy in front may lose prepared statements; then run unprepared.
         self._prepare = True
 
     def _connection(self) -> psycopg.Connection[Any]:
-        conn = self._conn
-        if conn is None or conn.closed or conn.broken:
-            self.close()
-            conn = psycopg.connect(autocommit=True, **self._params)
-            self._conn = conn
-        return conn
+        return self._slot.get(lambda: psycopg.connect(autocommit=True, **self._params))
 
     def _fetchone(self, sql: str) -> tuple[Any, ...]:
         conn = self._connection()
@@ -166,7 +209,7 @@ class PostgresCheck:
                 self._prepare = False
                 row = conn.execute(sql, prepare=False).fetchone()
         except psycopg.Error:
-            self.close()  # a broken session is re-established on the next run
+            self._slot.drop()  # a broken session is re-established on the next run
             raise
         if row is None:
             raise CheckError("pg_stat_activity query returned no row")
@@ -216,6 +259,4 @@ class PostgresCheck:
         ]}
 
     def close(self) -> None:
-        conn = self._conn
-        if conn is not None and close_connection(conn) and self._conn is conn:
-            self._conn = None
+        self._slot.close()

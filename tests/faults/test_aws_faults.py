@@ -17,6 +17,7 @@ from typing import Any
 import boto3
 import psutil
 import pytest
+import requests
 import yaml
 
 from agent.backup.engine import BackupEngine
@@ -121,9 +122,8 @@ def test_persistent_s3_failure_is_cleaned_reported_and_pages_backup_failed(
     config = _config(tmp_path, source_db, agent={"admin_token": ADMIN_TOKEN})
     running = start_agent(config)
     sessions_before = int(source_db.server.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"))
-    r = running.agent.backup and __import__("requests").post(running.url + "/backup", timeout=5,
-                                                            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-    assert r and r.status_code == 202
+    r = requests.post(running.url + "/backup", timeout=5, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert r.status_code == 202
 
     def backup_failed() -> dict[str, Any] | None:
         doc = running.status()

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 import requests
 import yaml
 
@@ -53,6 +54,7 @@ def _ok(url: str) -> bool:
         return False
 
 
+@pytest.mark.timeout(900)  # the suite-wide limit is 300 s; the soak is five and a half minutes by design
 def test_soak_one_compressed_hour_with_fifty_flapping_targets_keeps_memory_and_fds_flat(tmp_path: Path) -> None:
     """An hour of 15 s rounds (compressed to 1 s) over 50 targets, ten of them flapping, leaves the agent's RSS, open file descriptors and threads flat."""
     pg = PostgresServer(max_connections=120, password=PG_PASSWORD).start()

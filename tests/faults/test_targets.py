@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +19,8 @@ from typing import Any
 
 import psutil
 import pytest
+import requests
+import yaml
 
 from agent.config import load_config
 from agent.daemon import build_runners
@@ -25,7 +30,7 @@ from tests.fixtures import pgbouncer as pgb
 from tests.fixtures.agent import RunningAgent, poll
 from tests.fixtures.alertmanager import Receiver
 from tests.fixtures.pgbouncer import PgBouncerServer
-from tests.fixtures.servers import PostgresServer, RedisServer
+from tests.fixtures.servers import PostgresServer, RedisServer, free_port
 
 FAULT_MODES = ("refuse", "reset", "garbage", "blackhole", "delay")
 
@@ -188,8 +193,6 @@ def test_five_hundred_failing_rounds_grow_neither_memory_nor_file_descriptors(
         proxies: dict[str, FaultProxy], tmp_path: Any) -> None:
     """500 failing rounds per target (refused, reset mid-answer, garbage) leave RSS within 8 MiB and open file descriptors and threads where they were."""
     config = tmp_path / "c.yaml"
-    import yaml
-
     config.write_text(yaml.safe_dump({"checks": {**_targets(proxies, interval="15s", timeout="2s"),
                                                  "cpu": None, "memory": None}}))
     settings = load_config(config, env={})
@@ -234,14 +237,6 @@ def test_five_hundred_failing_rounds_grow_neither_memory_nor_file_descriptors(
 def test_hung_then_reset_connections_never_crash_the_daemon(
         secret_pg: PostgresServer, secret_bouncer: PgBouncerServer, tmp_path: Any) -> None:
     """Targets that hang mid-query (so the agent gives up on them) and then reset the connection leave the daemon process alive and measuring."""
-    import subprocess
-    import sys
-
-    import requests
-    import yaml
-
-    from tests.fixtures.servers import free_port
-
     proxies = [FaultProxy(secret_pg.port) for _ in range(4)] + [FaultProxy(secret_bouncer.port) for _ in range(2)]
     listen = f"127.0.0.1:{free_port()}"
     config = {
@@ -294,8 +289,6 @@ class _LyingRedis:
     """Answers every command with a RESP integer that is not a number."""
 
     def __init__(self) -> None:
-        import socket
-
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
@@ -320,8 +313,6 @@ class _LyingRedis:
 
 def test_garbage_that_breaks_the_client_parser_is_the_targets_fault(tmp_path: Any) -> None:
     """A Redis answering unparsable numbers is reported down as a target problem, not as an agent crash sent to Sentry."""
-    import yaml
-
     server = _LyingRedis()
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"checks": {"cpu": None, "memory": None, "redis": [
@@ -332,3 +323,29 @@ def test_garbage_that_breaks_the_client_parser_is_the_targets_fault(tmp_path: An
     server.sock.close()
     assert not result.up and result.error
     assert bugs == [], bugs
+
+
+def test_hung_connects_and_queries_leave_one_session_per_target(secret_pg: PostgresServer, tmp_path: Any) -> None:
+    """A PostgreSQL target alternating between healthy and hung leaves exactly one agent connection open once healthy, without waiting for a garbage collection."""
+    proxy = FaultProxy(secret_pg.port)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"checks": {"cpu": None, "memory": None, "postgres": [
+        {"name": "db", "interval": "1s", "timeout": "1s",
+         "dsn": f"postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{proxy.port}/postgres"}]}}))
+    runner = build_runners(load_config(config, env={}))[("postgres", "db")]
+    me = psutil.Process()
+    gc.disable()  # an idle daemon rarely runs a full collection: nothing may depend on one
+    try:
+        for mode in ("pass", "blackhole", "blackhole", "blackhole") * 3:
+            proxy.set_mode(mode)
+            runner.run()
+            time.sleep(0.3)
+        proxy.set_mode("pass")
+        poll(lambda: runner.run().up, timeout=15, interval=0.5)
+        time.sleep(2.5)  # the last hung connect (2 s connect_timeout) gives up
+        held = [c for c in me.net_connections() if c.raddr and c.raddr.port == proxy.port]
+        assert len(held) == 1, held
+    finally:
+        gc.enable()
+        runner.close()
+        proxy.close()
