@@ -248,6 +248,7 @@ class HttpFaultProxy:
         self.rules: list[Rule] = []
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
+        self._closed = threading.Event()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -295,6 +296,7 @@ class HttpFaultProxy:
             return sum(1 for s in self.seen if s.action == action and (faulted is None or (s.fault is not None) == faulted))
 
     def close(self) -> None:
+        self._closed.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -331,8 +333,9 @@ class HttpFaultProxy:
                 h.close_connection = True
                 _rst(h.connection)
                 return
-            if fault == "slow":
-                time.sleep(rule.delay if rule else 0)
+            if fault == "slow" and self._closed.wait(rule.delay if rule else 0):
+                _rst(h.connection)  # closed meanwhile: a held request never reaches the next test's server
+                return
             if fault in ("throttle", "500", "503"):
                 status = self._fail(h, fault, request)
                 return

@@ -115,11 +115,16 @@ def _listed(settings: Settings, replica: bool = False) -> list[str]:
     return [m.id for m in repo.list()]
 
 
-def _uploads(aws: MotoServer) -> int:
+def _upload_keys(aws: MotoServer) -> list[str]:
     import boto3
 
-    return sum(len(boto3.client("s3", region_name=r, endpoint_url=aws.url).list_multipart_uploads(Bucket=b)
-                   .get("Uploads", [])) for b, r in ((PRIMARY, "us-east-1"), (REPLICA, "eu-west-1")))
+    return [f"{b}/{u['Key']}" for b, r in ((PRIMARY, "us-east-1"), (REPLICA, "eu-west-1"))
+            for u in boto3.client("s3", region_name=r, endpoint_url=aws.url).list_multipart_uploads(Bucket=b)
+            .get("Uploads", [])]
+
+
+def _uploads(aws: MotoServer) -> int:
+    return len(_upload_keys(aws))
 
 
 def _backup_dirs(aws: MotoServer) -> set[str]:
@@ -221,7 +226,7 @@ def test_crash_in_each_phase_loses_nothing_complete_and_recovers(
     _, settings = _write(tmp_path, config)
     report = BackupEngine(settings).run()
     assert report.ok, report.to_dict()
-    assert _uploads(aws) == 0
+    assert _upload_keys(aws) == [], (report.to_dict(), [(x.method, x.path, x.fault) for x in proxy.seen][-30:])
     assert _backup_dirs(aws) == set(_listed(settings)), "half-written objects survived the next run"
     if phase == "drill":
         from agent.backup.drill import Drill
