@@ -47,6 +47,12 @@ class ResultsCollector:
         self._fragments: dict[tuple[str, str], tuple[CheckResult, _Fragment]] = {}
         self._counter_lines: dict[tuple[str, str, str], tuple[int, bytes]] = {}  # latest count's line per series
         self._info = generate_latest(_Families([_build_info()]))
+        # Format each result when it arrives (in the check's thread), so a scrape only joins lines: at a 15 s
+        # scrape interval every result is new, and formatting them all at scrape time is the whole render.
+        store.subscribe(self._prepare)
+
+    def _prepare(self, result: CheckResult) -> None:
+        self._fragments[result.key] = (result, _Fragment.of(result))
 
     def collect(self) -> Iterable[Metric]:
         yield from self._result_families(sorted(self._store.snapshot(), key=lambda r: r.key))
@@ -86,10 +92,10 @@ class ResultsCollector:
         """The text exposition of :meth:`collect`, formatting only results and counters that changed."""
         results = sorted(self._store.snapshot(), key=lambda r: r.key)
         fragments: dict[tuple[str, str], tuple[CheckResult, _Fragment]] = {}
+        cache = self._fragments
         for r in results:
-            cached = self._fragments.get(r.key)
+            cached = cache.get(r.key)
             fragments[r.key] = cached if cached is not None and cached[0] is r else (r, _Fragment.of(r))
-        self._fragments = fragments
         headers: dict[str, bytes] = dict(_CORE_HEADERS)
         lines: dict[str, list[bytes]] = {name: [] for name in headers}
         label_names: dict[str, tuple[str, ...]] = {}
