@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -40,8 +41,33 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "opsagent"
     sys_version = ""
     protocol_version = "HTTP/1.1"
-    timeout = 10  # seconds a client may take per read: slowloris-style clients are cut off
+    timeout = 10  # seconds a client may stay silent per read
+    header_deadline = 10.0  # seconds a client may take to send a whole request line and headers
     agent: Agent
+
+    # -- slowloris: a client trickling header bytes never trips the per-read timeout, so the
+    # whole request head gets a deadline; past it the socket is shut down under the reader.
+
+    def handle_one_request(self) -> None:
+        timer = threading.Timer(self.header_deadline, self._cut_off)
+        timer.daemon = True
+        self._head_timer = timer
+        timer.start()
+        try:
+            super().handle_one_request()
+        finally:
+            timer.cancel()
+
+    def parse_request(self) -> bool:
+        self._head_timer.cancel()
+        return super().parse_request()
+
+    def _cut_off(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         return  # access logs are noise for a sidecar scraped every 15 s
@@ -199,8 +225,6 @@ class HttpServer:
 
 
 def serve(agent: Agent) -> HttpServer:
-    import socket
-
     handler = type("AgentHandler", (Handler,), {"agent": agent})
     server_cls = _Server
     if ":" in agent.settings.agent.listen_host:

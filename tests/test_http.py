@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.fixtures.agent import RunningAgent, poll
@@ -138,3 +139,28 @@ def test_status_page_shows_backups_rpo_and_rto(start_agent: Start, private_pg: P
     page = a.get("/")
     assert page.status_code == 200
     assert backup_id in page.text and "RPO" in page.text and "RTO" in page.text and "no drill yet" in page.text
+
+
+def test_a_client_trickling_header_bytes_is_cut_off(start_agent: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slowloris client that keeps sending a byte at a time is disconnected at the header deadline."""
+    import time
+
+    from agent.http import Handler
+
+    monkeypatch.setattr(Handler, "header_deadline", 1.0)
+    a = start_agent({})
+    host, port = a.settings.agent.listen.split(":")
+    s = socket.create_connection((host, int(port)), timeout=5)
+    s.sendall(b"GET /metrics HTTP/1.1\\r\\n")
+    started = time.monotonic()
+    cut = False
+    try:
+        while time.monotonic() - started < 5:
+            s.sendall(b"X")  # never a complete header line
+            time.sleep(0.2)
+    except OSError:
+        cut = True
+    finally:
+        s.close()
+    assert cut and time.monotonic() - started < 4
+    assert a.get("/metrics").status_code == 200
