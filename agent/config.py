@@ -31,7 +31,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent import secrets
-from agent.alerts.catalog import ALARMS, SEVERITIES, AlarmSpec, ValueKind
+from agent.alerts.catalog import ALARMS, AlarmSpec, ValueKind
 from agent.units import DURATION_FORM, RATIO_FORM, format_duration, parse_duration, parse_ratio
 
 ENV_PREFIX = "OPSAGENT_"

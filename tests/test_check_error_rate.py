@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -13,12 +12,10 @@ import boto3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from structlog.testing import capture_logs
 
 from agent.alerts.catalog import ALARMS
-from agent.config import ErrorRateTarget, Settings
+from agent.config import ErrorRateTarget
 from agent.runner import TargetRunner
-from agent.verdict import verdict
 from checks.base import CheckError
 from checks.error_rate import (
     BASIS_CLOUDWATCH,
@@ -32,6 +29,7 @@ from checks.error_rate import (
     parse_counters,
 )
 from tests.fixtures.aws import MotoServer
+from tests.fixtures.down import assert_down_cleanly, down_beside_healthy, run_logged
 from tests.fixtures.servers import HangingServer, closed_port
 
 LB = "app/api-prod/50dc6c495c0c9188"
@@ -273,12 +271,7 @@ def test_cloudwatch_uses_two_plain_metric_queries() -> None:
 
 
 def _run(url: str, deadline: float) -> tuple[Any, list[dict[str, Any]]]:
-    runner = TargetRunner("error_rate", "api", lambda: ErrorRateCheck(prom_target(url, timeout=f"{deadline}s")),
-                          deadline=deadline)
-    with capture_logs() as logs:
-        result = runner.run()
-    runner.close()
-    return result, logs
+    return run_logged("error_rate", "api", lambda: ErrorRateCheck(prom_target(url, timeout=f"{deadline}s")), deadline)
 
 
 @pytest.mark.parametrize("mode", ["refused", "unauthorized", "hanging"])
@@ -296,18 +289,9 @@ def test_unreachable_endpoint_is_reported_down_and_others_are_unaffected(app: Ap
             "hanging": (f"http://127.0.0.1:{hanging.port if hanging else 0}/metrics", ("did not answer within", "deadline")),
         }[mode]
         healthy = TargetRunner("error_rate", "other", lambda: ErrorRateCheck(prom_target(app.url)), deadline=2.0)
-        with ThreadPoolExecutor(2) as pool:
-            bad = pool.submit(_run, url, 1.5)
-            good = healthy.run()
-            result, logs = bad.result(timeout=10)
-        healthy.close()
+        good, result, logs = down_beside_healthy(lambda: _run(url, 1.5), healthy)
         assert good.up is True and good.value == 0 and good.duration < 1.5
-        assert result.up is False and result.value is None
-        assert result.duration < 2.5
-        assert any(e.lower() in (result.error or "").lower() for e in expected), result.error
-        assert not any("exc_info" in e or "exception" in e for e in logs)
-        assert "Traceback" not in repr(logs)
-        assert verdict(Settings(), result).alert == "TargetDown"
+        assert_down_cleanly(result, logs, 1.5, expected)
     finally:
         if hanging is not None:
             hanging.close()

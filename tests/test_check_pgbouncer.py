@@ -6,20 +6,18 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
 import pytest
-from structlog.testing import capture_logs
 
 from agent.alerts.catalog import ALARMS
-from agent.config import PgBouncerTarget, PostgresTarget, Settings
+from agent.config import PgBouncerTarget, PostgresTarget
 from agent.runner import TargetRunner
-from agent.verdict import verdict
 from checks.base import Reading
 from checks.pgbouncer import PgBouncerCheck
 from checks.postgres import PostgresCheck
+from tests.fixtures.down import assert_down_cleanly, down_beside_healthy, run_logged
 from tests.fixtures.pgbouncer import ADMIN_PASSWORD, APP_DB, APP_PASSWORD, PgBouncerServer
 from tests.fixtures.servers import HangingServer, closed_port
 
@@ -164,11 +162,7 @@ def test_postgres_check_survives_transaction_pooling(private_pgbouncer: PgBounce
 
 
 def _run(dsn: str, deadline: float) -> tuple[Any, list[dict[str, Any]]]:
-    runner = TargetRunner("pgbouncer", "pool", lambda: PgBouncerCheck(target(dsn, f"{deadline}s")), deadline=deadline)
-    with capture_logs() as logs:
-        result = runner.run()
-    runner.close()
-    return result, logs
+    return run_logged("pgbouncer", "pool", lambda: PgBouncerCheck(target(dsn, f"{deadline}s")), deadline)
 
 
 @pytest.mark.parametrize("mode", ["refused", "wrong_password", "hanging"])
@@ -185,19 +179,9 @@ def test_unreachable_target_is_reported_down_and_others_are_unaffected(
         }[mode]
         healthy = TargetRunner("pgbouncer", "other",
                                lambda: PgBouncerCheck(target(private_pgbouncer.admin_dsn())), deadline=2.0)
-        with ThreadPoolExecutor(2) as pool:
-            bad = pool.submit(_run, dsn, 1.5)
-            good = healthy.run()
-            result, logs = bad.result(timeout=10)
-        healthy.close()
+        good, result, logs = down_beside_healthy(lambda: _run(dsn, 1.5), healthy)
         assert good.up is True and good.value is not None and good.duration < 1.5
-        assert result.up is False and result.value is None
-        assert result.duration < 2.5
-        assert any(e.lower() in (result.error or "").lower() for e in expected), result.error
-        assert ADMIN_PASSWORD not in (result.error or "") and "not-the-password" not in (result.error or "")
-        assert not any("exc_info" in e or "exception" in e for e in logs)
-        assert "Traceback" not in repr(logs)
-        assert verdict(Settings(), result).alert == "TargetDown"
+        assert_down_cleanly(result, logs, 1.5, expected, secrets=[ADMIN_PASSWORD, "not-the-password"])
     finally:
         if hanging is not None:
             hanging.close()

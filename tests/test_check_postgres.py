@@ -8,20 +8,18 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from structlog.testing import capture_logs
 
 from agent.alerts.catalog import ALARMS
-from agent.config import PostgresTarget, Settings
+from agent.config import PostgresTarget
 from agent.runner import TargetRunner
-from agent.verdict import verdict
 from checks.base import Reading
 from checks.postgres import PostgresCheck
+from tests.fixtures.down import assert_down_cleanly, down_beside_healthy, run_logged
 from tests.fixtures.servers import IS_ROOT, HangingServer, PostgresServer, closed_port, pg_bin
 
 PASSWORD = "pg-Secret-9931"
@@ -225,21 +223,7 @@ def test_replica_reports_replication_lag(primary_and_replica: tuple[PostgresServ
 
 
 def _run(dsn: str, deadline: float = 2.0) -> tuple[Any, list[dict[str, Any]]]:
-    runner = TargetRunner("postgres", "main", lambda: PostgresCheck(target(dsn, f"{deadline}s")), deadline=deadline)
-    with capture_logs() as logs:
-        result = runner.run()
-    runner.close()
-    return result, logs
-
-
-def _assert_down_cleanly(result: Any, logs: list[dict[str, Any]], deadline: float, *expected: str) -> None:
-    assert result.up is False and result.value is None
-    assert result.duration < deadline + 1.0
-    assert any(e.lower() in (result.error or "").lower() for e in expected), result.error
-    assert PASSWORD not in (result.error or "")
-    assert not any("exc_info" in e or "exception" in e for e in logs)
-    assert "Traceback" not in repr(logs)
-    assert verdict(Settings(), result).alert == "TargetDown"
+    return run_logged("postgres", "main", lambda: PostgresCheck(target(dsn, f"{deadline}s")), deadline)
 
 
 @pytest.mark.parametrize("mode", ["refused", "wrong_password", "hanging"])
@@ -254,13 +238,9 @@ def test_unreachable_target_is_reported_down_and_others_are_unaffected(pg: Postg
                         ("deadline", "timeout")),
         }[mode]
         healthy = TargetRunner("postgres", "other", lambda: PostgresCheck(target(pg.dsn())), deadline=2.0)
-        with ThreadPoolExecutor(2) as pool:
-            bad = pool.submit(_run, dsn, 1.5)
-            good = healthy.run()
-            result, logs = bad.result(timeout=10)
-        healthy.close()
+        good, result, logs = down_beside_healthy(lambda: _run(dsn, 1.5), healthy)
         assert good.up is True and good.value is not None and good.duration < 1.5
-        _assert_down_cleanly(result, logs, 1.5, *expected)
+        assert_down_cleanly(result, logs, 1.5, expected, secrets=[PASSWORD])
     finally:
         if hanging is not None:
             hanging.close()

@@ -12,7 +12,6 @@ leftovers are cleaned by the next run, and the next slot runs.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
