@@ -197,7 +197,7 @@ class Exposition:
         self._lock = threading.Lock()
         self._key: tuple[int, int] | None = None
         self._plain = b""
-        self._gzip = b""
+        self._gzip: bytes | None = None  # compressed on the first gzip scrape of each rendering
 
     def body(self, gzip_ok: bool) -> bytes:
         key = (self._version(), int(time.monotonic() / self._max_age))
@@ -205,9 +205,13 @@ class Exposition:
             if key != self._key:
                 head = self._prefix() if self._prefix is not None else b""
                 self._plain = head + generate_latest(self._registry)
-                self._gzip = gzip.compress(self._plain, compresslevel=5)
+                self._gzip = None
                 self._key = key
-            return self._gzip if gzip_ok else self._plain
+            if not gzip_ok:
+                return self._plain
+            if self._gzip is None:
+                self._gzip = gzip.compress(self._plain, compresslevel=5)
+            return self._gzip
 
     content_type = CONTENT_TYPE_LATEST
 

@@ -41,3 +41,29 @@ def test_cached_render_equals_prometheus_client_render_across_updates() -> None:
         assert collector.render() == reference(collector), f"after step {i}"
     assert b'opsagent_check_up{check="redis",target="cache"} 0.0' in collector.render()
     assert b'opsagent_check_value{check="postgres",target="main"} 0.75' in collector.render()
+
+
+def test_exposition_rerenders_on_change_and_gzip_follows() -> None:
+    """After a change both the plain and the gzip body show the new value; without a change they are reused."""
+    import gzip
+
+    from prometheus_client import Gauge as PromGauge
+
+    from agent.metrics import Exposition
+
+    registry = CollectorRegistry(auto_describe=False)
+    gauge = PromGauge("opsagent_test_value", "test", registry=registry)
+    version = [0]
+    exposition = Exposition(registry, lambda: version[0], max_age=3600)
+    gauge.set(1)
+    first = exposition.body(False)
+    assert b"opsagent_test_value 1.0" in first
+    gauge.set(2)
+    assert exposition.body(False) is first  # nothing announced the change: the cached body is served
+    version[0] += 1
+    assert b"opsagent_test_value 2.0" in exposition.body(False)
+    assert b"opsagent_test_value 2.0" in gzip.decompress(exposition.body(True))
+    gauge.set(3)
+    version[0] += 1
+    assert b"opsagent_test_value 3.0" in gzip.decompress(exposition.body(True))
+    assert b"opsagent_test_value 3.0" in exposition.body(False)
