@@ -101,6 +101,9 @@ def connect(dsn: str, *, autocommit: bool = True, dbname: str | None = None) -> 
         params["dbname"] = dbname
     params.setdefault("connect_timeout", CONNECT_TIMEOUT)
     params.setdefault("application_name", "opsagent")
+    # A server that stops acknowledging (blackholed network) fails a write in 15 s instead of
+    # TCP's ~15 minutes, so no backup, drill or lock statement can hang a job thread for long.
+    params.setdefault("tcp_user_timeout", "15000")
     return psycopg.connect(make_conninfo(**params), autocommit=autocommit)  # type: ignore[arg-type]
 
 
@@ -115,6 +118,9 @@ def tool_env_and_conninfo(dsn: str, dbname: str | None = None) -> tuple[dict[str
         params["dbname"] = dbname
     params.setdefault("connect_timeout", CONNECT_TIMEOUT)
     params.setdefault("application_name", "opsagent")
+    # A server that stops acknowledging (blackholed network) fails a write in 15 s instead of
+    # TCP's ~15 minutes, so no backup, drill or lock statement can hang a job thread for long.
+    params.setdefault("tcp_user_timeout", "15000")
     return env, make_conninfo(**params)  # type: ignore[arg-type]
 
 
