@@ -100,14 +100,25 @@ def test_unreachable_targets_are_reported_not_fatal(tmp_path: Path) -> None:
         "postgres": [{"name": "db", "dsn": f"postgresql://x@127.0.0.1:{dead}/x", "interval": "1s"}],
         "redis": [{"name": "cache", "url": f"redis://127.0.0.1:{dead}/0", "interval": "1s"}],
     }})
+    down: set[tuple[str, bool]] = set()
+    not_ready: str | None = None
     try:
         poll(lambda: _ok(url + "/readyz"), timeout=20)
         status = requests.get(url + "/status", timeout=5).json()
         down = {(c["check"], c["up"]) for c in status["checks"]}
-        assert ("postgres", False) in down and ("redis", False) in down and ("memory", True) in down
+    except AssertionError as exc:
+        not_ready = str(exc)
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=25)
+        try:
+            out, _ = proc.communicate(timeout=25)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out = proc.communicate()[0]
+            raise AssertionError(f"daemon did not stop within 25 s:\n{out[-3000:]}") from None
+    assert not_ready is None, f"{not_ready}:\n{out[-3000:]}"
+    assert ("postgres", False) in down and ("redis", False) in down and ("memory", True) in down, (down, out[-3000:])
+    assert proc.returncode == 0, out[-3000:]
 
 
 def _ok(url: str) -> bool:
