@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -17,6 +16,7 @@ from agent.runner import TargetRunner
 from checks.base import Reading
 from checks.pgbouncer import PgBouncerCheck
 from checks.postgres import PostgresCheck
+from tests.fixtures.agent import poll_last as poll
 from tests.fixtures.down import assert_down_cleanly, down_beside_healthy, run_logged
 from tests.fixtures.pgbouncer import ADMIN_PASSWORD, APP_DB, APP_PASSWORD, PgBouncerServer
 from tests.fixtures.servers import HangingServer, closed_port
@@ -24,15 +24,6 @@ from tests.fixtures.servers import HangingServer, closed_port
 
 def target(dsn: str, timeout: str = "2s") -> PgBouncerTarget:
     return PgBouncerTarget(name="pool", dsn=dsn, timeout=timeout)
-
-
-def poll(read: Callable[[], Reading], until: Callable[[Reading], bool], timeout: float = 15.0) -> Reading:
-    deadline = time.monotonic() + timeout
-    while True:
-        reading = read()
-        if until(reading) or time.monotonic() > deadline:
-            return reading
-        time.sleep(0.05)
 
 
 @pytest.fixture

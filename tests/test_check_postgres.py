@@ -6,8 +6,7 @@ import json
 import shutil
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,8 @@ import pytest
 from agent.alerts.catalog import ALARMS
 from agent.config import PostgresTarget
 from agent.runner import TargetRunner
-from checks.base import Reading
 from checks.postgres import PostgresCheck
+from tests.fixtures.agent import poll_last as poll
 from tests.fixtures.down import assert_down_cleanly, down_beside_healthy, run_logged
 from tests.fixtures.servers import IS_ROOT, HangingServer, PostgresServer, closed_port, pg_bin
 
@@ -27,16 +26,6 @@ PASSWORD = "pg-Secret-9931"
 
 def target(dsn: str, timeout: str = "2s") -> PostgresTarget:
     return PostgresTarget(name="main", dsn=dsn, timeout=timeout)
-
-
-def poll(read: Callable[[], Reading], until: Callable[[Reading], bool], timeout: float = 15.0) -> Reading:
-    """Read until ``until`` holds or the deadline passes (then return the last reading)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        reading = read()
-        if until(reading) or time.monotonic() > deadline:
-            return reading
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
