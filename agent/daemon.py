@@ -146,8 +146,6 @@ class Agent:
     def run_target(self, key: tuple[str, str]) -> CheckResult:
         result = self.runners[key].run()
         self._durations.labels(key[0]).observe(result.duration)
-        if not result.up and self.runners[key].abandoned_total:
-            self._stats["opsagent_check_timeouts_total"][key] = self.runners[key].abandoned_total
         try:
             self.store.record(result)
         except Exception as exc:  # noqa: BLE001 - a listener bug must not stop the schedule
@@ -198,10 +196,15 @@ class Agent:
         out: dict[str, dict[tuple[str, str], int]] = {}
         for name, per_key in list(self._stats.items()):
             out[name] = dict(per_key)
+        # The runner's own counters: runs abandoned at their deadline, and runs refused because
+        # the previous one still hangs (added to APScheduler's max-instances skips).
+        skipped = out.setdefault("opsagent_scheduler_skipped_runs_total", {})
+        timeouts = out.setdefault("opsagent_check_timeouts_total", {})
         for key, runner in self.runners.items():
             if runner.skipped_total:
-                out.setdefault("opsagent_scheduler_skipped_runs_total", {})
-                out["opsagent_scheduler_skipped_runs_total"][key] = out["opsagent_scheduler_skipped_runs_total"].get(key, 0) + runner.skipped_total
+                skipped[key] = skipped.get(key, 0) + runner.skipped_total
+            if runner.abandoned_total:
+                timeouts[key] = runner.abandoned_total
         return out
 
     def _context(self, check: str, target: str) -> dict[str, Any]:

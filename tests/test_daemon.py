@@ -126,3 +126,18 @@ def _ok(url: str) -> bool:
         return requests.get(url, timeout=2).status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_runner_timeouts_and_skips_are_counted_per_target(tmp_path: Path) -> None:
+    """Runs abandoned at their deadline and runs refused behind a hung one appear as per-target counters."""
+    from agent.daemon import Agent
+    from tests.fixtures.agent import make_settings
+
+    agent = Agent(make_settings(tmp_path, {}))
+    runner = agent.runners[("memory", "task")]
+    runner.abandoned_total, runner.skipped_total = 3, 2
+    stats = agent.scheduler_stats()
+    assert stats["opsagent_check_timeouts_total"][("memory", "task")] == 3
+    assert stats["opsagent_scheduler_skipped_runs_total"][("memory", "task")] == 2
+    body = agent.exposition.body(False).decode()
+    assert 'opsagent_check_timeouts_total{check="memory",target="task"} 3.0' in body
