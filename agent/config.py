@@ -514,15 +514,27 @@ _FORMS = {
 }
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
+
+
+def _key_part(part: object) -> str:
+    """A key as it would be typed: bare when plain, else JSON-quoted (so "", "a b", tabs or "¡" read as keys)."""
+    text = str(part)
+    if _PLAIN_KEY.fullmatch(text):
+        return text
+    return json.dumps(text, ensure_ascii=not text.isprintable())
+
+
+def _loc(loc: tuple[Any, ...], last_is_key: bool = False) -> str:
+    """``checks.postgres[0].dsn`` from a pydantic error location (``last_is_key``: its last int is a mapping key)."""
     out = ""
-    for part in loc:
-        if isinstance(part, int):
+    for i, part in enumerate(loc):
+        if isinstance(part, int) and not (last_is_key and i == len(loc) - 1):
             out += f"[{part}]"
-        elif part in ("function-after[_timing()]",) or str(part).startswith(("function-", "constrained-")):
+        elif str(part).startswith(("function-", "constrained-")):
             continue
         else:
-            out += ("." if out else "") + str(part)
+            out += ("." if out else "") + _key_part(part)
     return out or "(top level)"
 
 
@@ -531,9 +543,11 @@ _SECRET_KEYS = {"admin_token", "dsn", "url", "slack_webhook_url", "pagerduty_rou
 
 
 def _describe(error: dict[str, Any]) -> str:
-    key = _loc(tuple(error["loc"]))
     kind = error["type"]
+    key = _loc(tuple(error["loc"]), last_is_key=kind == "invalid_key")
     msg: str = error["msg"]
+    if kind == "invalid_key":
+        return f"{key}: keys must be strings"
     if kind == "extra_forbidden":
         return f"{key}: unknown key; remove it or check its spelling"
     if kind == "missing":
@@ -552,6 +566,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key}: {msg}"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
+        if hidden and raw is not None and str(raw):  # a validator quoted a URL or secret where it expected else
+            msg = msg.replace(repr(str(raw)), "the value").replace(str(raw), "the value")
         if msg.startswith("alerts."):  # already names its key
             return msg
         return f"{key}: {msg}"
@@ -652,12 +668,13 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     if path is not None:
         data = read_yaml(Path(path))
     problems = _check_environment(env)
+    raw_secrets = _raw_secrets(data, env)
     token = _ENVIRONMENT.set(env)
     try:
         try:
             settings = Settings(**data)
         except ValidationError as exc:
-            problems.extend(secrets.scrub(_describe(e)) for e in exc.errors(include_url=False))
+            problems.extend(_problem(e, raw_secrets) for e in exc.errors(include_url=False))
             raise ConfigError(_dedupe(problems)) from None
         except (ValueError, json.JSONDecodeError) as exc:  # pydantic-settings: bad JSON in an env var
             problems.append(f"environment: {secrets.scrub(str(exc))}; complex values (lists, mappings) must be JSON")
@@ -671,6 +688,57 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         raise ConfigError(problems)
     secrets.register(settings.secret_values())
     return settings
+
+
+def _raw_secrets(data: dict[str, Any], env: Mapping[str, str]) -> tuple[str, ...]:
+    """What the input put at secret keys, longest first, for masking problem messages.
+
+    A message about another key may quote a value that also sits at a secret
+    key (a token pasted twice); validation failed, so there are no secret types
+    to ask, and the raw input is walked instead.
+    """
+    found: set[str] = set()
+
+    def walk(node: Any, key: str | None = None) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, k if isinstance(k, str) else None)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, key)
+        elif isinstance(node, (str, int)) and not isinstance(node, bool) and key in _SECRET_KEYS:
+            text = str(node)
+            if len(text) >= 4:
+                found.add(text)
+            password = secrets.url_password(text) if "://" in text else None
+            if password and len(password) >= 4:
+                found.add(password)
+
+    walk(data)
+    for name, value in env.items():
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        walk({name.rsplit("__", 1)[-1].lower(): value})
+        if value[:1] in "[{":
+            try:
+                walk(json.loads(value))
+            except (ValueError, RecursionError):
+                pass
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def _problem(error: dict[str, Any], raw_secrets: tuple[str, ...]) -> str:
+    """One problem line; what follows the key never shows a secret (known, in a URL, or at a secret key)."""
+    line = secrets.scrub(_describe(error))
+    kind = error["type"]
+    head = _loc(tuple(error["loc"]), last_is_key=kind == "invalid_key") + ": "
+    if line.startswith(head):
+        key, rest = head, line[len(head):]
+    else:
+        key, rest = "", line
+    for value in raw_secrets:
+        rest = rest.replace(value, secrets.MASK)
+    return key + rest
 
 
 def _dedupe(items: list[str]) -> list[str]:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import structlog
+from hypothesis import settings
 
 from agent import secrets
+
+# The gate (`make test`, CI) runs the property tests on a fixed example sequence so a red run always
+# means a change broke something; `HYPOTHESIS_PROFILE=explore make test` draws fresh examples to hunt.
+settings.register_profile("gate", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gate"))
 
 pytest_plugins = [
     "tests.fixtures.aws_audit",

@@ -114,6 +114,11 @@ BROKEN: list[tuple[str, str]] = [
     ("backup: {retention: {hourly: -1}}", "backup.retention.hourly"),
     ("backup: {postgres: [ghost]}", "backup.postgres[0]"),
     ("backup: {replica: 'file:///x'}", "replica"),
+    ("'¡': 1", '"¡": unknown key'),
+    ("'': 1", '"": unknown key'),
+    ("agent: {'a b': 1}", 'agent."a b": unknown key'),
+    ("checks: {postgres: [{name: a, dsn: 'postgresql://h/db', \"\\t\": 1}]}", 'checks.postgres[0]."\\t": unknown key'),
+    ("agent: {3: x}", 'agent."3": keys must be strings'),
     ("- just\n- a list", "expected a YAML mapping"),
     ("agent: {name: [unclosed", "not valid YAML"),
     ("", "empty"),
@@ -162,6 +167,18 @@ def test_errors_never_echo_a_password(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, "checks: {postgres: [{name: a, dsn: 'mysql://u:hunter2-pw@h/db'}]}"), env={})
     assert "hunter2-pw" not in str(err.value)
+
+
+def test_errors_never_echo_a_secret_pasted_into_another_key(tmp_path: Path) -> None:
+    """A token or key-bearing URL that lands in the wrong key is masked in that key's problem, which still names it."""
+    text = ("notify: {repeat_interval: 'http://SentryKey-77f1@127.0.0.1:9/1'}\n"
+            "alerts: {BackupFailed: Tok-5e2a-9d0c}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), env={"OPSAGENT_AGENT__ADMIN_TOKEN": "Tok-5e2a-9d0c"})
+    joined = "\n".join(err.value.problems)
+    assert "SentryKey-77f1" not in joined and "Tok-5e2a-9d0c" not in joined, joined
+    assert "notify.repeat_interval: the value is not a duration" in joined
+    assert "alerts.BackupFailed: " in joined
 
 
 def test_cli_exits_2_with_key_names_and_no_traceback(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import cli
+from agent import cli, secrets
 from agent import logging as agent_logging
 from agent.config import ConfigError, Settings, load_config
 from tests.faults.evidence import ADMIN_TOKEN, LOG_STREAM, PG_PASSWORD, SENTRY_KEY, SLACK_PATH, record
@@ -29,7 +29,9 @@ from tests.faults.evidence import ADMIN_TOKEN, LOG_STREAM, PG_PASSWORD, SENTRY_K
 SECRET_TEXTS = (PG_PASSWORD, ADMIN_TOKEN, SENTRY_KEY, SLACK_PATH.rsplit("/", 1)[-1])
 
 # A problem line starts with what it is about: a dotted key (checks.postgres[0].dsn), an env variable, or the file.
-_KEY_HEAD = re.compile(r"^(?:[A-Za-z_][\w\-]*(?:\[\d+\])?(?:\.[\w\-]+(?:\[\d+\])?)*|OPSAGENT_\w+|environment|/\S+|\S+\.ya?ml)(?::| )")
+# A key part is bare when plain, JSON-quoted otherwise ("", "a b", "¡").
+_PART = r'(?:[A-Za-z_][\w\-]*|"(?:[^"\\]|\\.)*")(?:\[\d+\])*'
+_KEY_HEAD = re.compile(rf"^(?:{_PART}(?:\.{_PART})*|OPSAGENT_\w+|environment|/\S+|\S+\.ya?ml)(?::| )")
 
 SECTION_KEYS: dict[str, list[str]] = {
     name: list(getattr(field.annotation, "model_fields", {}) or []) for name, field in Settings.model_fields.items()
@@ -85,6 +87,7 @@ environments = st.dictionaries(env_names, env_values, max_size=3)
 def _validate(path: Path, env: dict[str, str]) -> tuple[int, str, str]:
     """Run `opsagent config validate` in-process with ``env`` as the environment; (status, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
+    secrets.clear()  # a fresh process knows no secrets from earlier examples
     saved = dict(os.environ)
     os.environ.clear()
     os.environ.update({k: v for k, v in saved.items() if not k.startswith("OPSAGENT_")})
