@@ -29,10 +29,11 @@ from apscheduler.events import (
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 
 from agent import sentry
 from agent.config import Settings, TargetBase
+from agent.histogram import CachedHistogram
 from agent.metrics import CollectorAdapter, Exposition, ResultsCollector, duration_histogram
 from agent.results import CheckResult, ResultStore
 from agent.runner import TargetRunner, describe_error
@@ -75,10 +76,10 @@ class Agent:
         self.started_at = clock()
         self.store = ResultStore()
         self.registry = CollectorRegistry(auto_describe=False)
-        self._durations = duration_histogram(self.registry)
-        self._lateness = Histogram("opsagent_scheduler_lateness_seconds",
-                                   "How late a check run was submitted against its (jittered) schedule",
-                                   registry=self.registry, buckets=LATENESS_BUCKETS)
+        self._durations = duration_histogram()
+        self._lateness = CachedHistogram("opsagent_scheduler_lateness_seconds",
+                                         "How late a check run was submitted against its (jittered) schedule",
+                                         buckets=LATENESS_BUCKETS)
         self.runners = build_runners(settings, on_bug=sentry.capture_exception)
         self._targets = {(k, t.name): t for k, t in settings.checks.targets()}
         self._stats: dict[str, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
@@ -102,12 +103,13 @@ class Agent:
 
             self.backup = BackupService(settings, self.store, clock=clock)
 
-        # Rendered by the Exposition with per-result caching, not through the registry (benchmarks/).
+        # Results and histograms render with their own line caches, outside the registry (benchmarks/).
         self.results_metrics = ResultsCollector(self.store, self.scheduler_stats)
         self.registry.register(CollectorAdapter(self.pipeline.collect))
         if self.backup is not None:
             self.registry.register(CollectorAdapter(self.backup.collect))
-        self.exposition = Exposition(self.registry, lambda: self.store.version, prefix=self.results_metrics.render)
+        self.exposition = Exposition(self.registry, lambda: self.store.version,
+                                     parts=(self.results_metrics.render, self._durations.render, self._lateness.render))
 
         workers = max(4, len(self.runners) + 4)
         self.scheduler = BackgroundScheduler(

@@ -7,11 +7,14 @@ Nothing here measures: every answer is read from state the scheduler keeps.
 
 from __future__ import annotations
 
+import heapq
 import hmac
 import json
 import re
 import socket
 import threading
+import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +32,59 @@ MAX_BODY = 64 * 1024
 GET_PATHS = ("/metrics", "/healthz", "/readyz", "/status", "/")
 POST_PATHS = ("/backup",)
 _RUNBOOK_PATH = re.compile(r"^/runbooks/([A-Za-z0-9]+)(?:\.md)?$")
+
+
+class _Deadlines:
+    """One thread for every request head's deadline (a Timer per request cost a thread start per scrape).
+
+    Deadlines are armed in arrival order with the same length, so the earliest is nearly always the
+    oldest: a heap with lazy removal, and the thread sleeps until the earliest one that is still armed.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int]] = []
+        self._armed: dict[int, Callable[[], None]] = {}
+        self._next = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float, expire: Callable[[], None]) -> int:
+        with self._cond:
+            self._next += 1
+            token = self._next
+            self._armed[token] = expire
+            due = time.monotonic() + seconds
+            heapq.heappush(self._heap, (due, token))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="http-deadlines", daemon=True)
+                self._thread.start()
+            elif self._heap[0][1] == token:
+                self._cond.notify()
+            return token
+
+    def disarm(self, token: int) -> None:
+        with self._cond:
+            self._armed.pop(token, None)
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                while self._heap and self._heap[0][1] not in self._armed:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                due, token = self._heap[0]
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                expire = self._armed.pop(token)
+            expire()
+
+
+_HEAD_DEADLINES = _Deadlines()
 
 
 class _Server(ThreadingHTTPServer):
@@ -49,17 +105,14 @@ class Handler(BaseHTTPRequestHandler):
     # whole request head gets a deadline; past it the socket is shut down under the reader.
 
     def handle_one_request(self) -> None:
-        timer = threading.Timer(self.header_deadline, self._cut_off)
-        timer.daemon = True
-        self._head_timer = timer
-        timer.start()
+        self._head_token = _HEAD_DEADLINES.arm(self.header_deadline, self._cut_off)
         try:
             super().handle_one_request()
         finally:
-            timer.cancel()
+            _HEAD_DEADLINES.disarm(self._head_token)
 
     def parse_request(self) -> bool:
-        self._head_timer.cancel()
+        _HEAD_DEADLINES.disarm(self._head_token)
         return super().parse_request()
 
     def _cut_off(self) -> None:

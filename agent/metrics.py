@@ -12,14 +12,15 @@ from __future__ import annotations
 import gzip
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from agent import __version__
+from agent.histogram import CachedHistogram
 from agent.results import CheckResult, ResultStore
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -186,12 +187,16 @@ _COUNTER_HEADERS = {name: header for (name, _), (header, _) in zip(SCHEDULER_COU
 
 
 class Exposition:
-    """Caches the rendered registry; re-renders only when something changed."""
+    """Caches the rendered exposition; re-renders only when something changed.
+
+    ``parts`` render themselves with their own line caches (results, histograms) and come first;
+    the registry holds the collectors that are cheap to format each time (alerts, backups).
+    """
 
     def __init__(self, registry: CollectorRegistry, version: Callable[[], int], max_age: float = 2.0,
-                 prefix: Callable[[], bytes] | None = None) -> None:
+                 parts: Sequence[Callable[[], bytes]] = ()) -> None:
         self._registry = registry
-        self._prefix = prefix  # text rendered outside the registry (ResultsCollector.render), put first
+        self._parts = tuple(parts)
         self._version = version
         self._max_age = max_age
         self._lock = threading.Lock()
@@ -203,8 +208,7 @@ class Exposition:
         key = (self._version(), int(time.monotonic() / self._max_age))
         with self._lock:
             if key != self._key:
-                head = self._prefix() if self._prefix is not None else b""
-                self._plain = head + generate_latest(self._registry)
+                self._plain = b"".join([*(part() for part in self._parts), generate_latest(self._registry)])
                 self._gzip = None
                 self._key = key
             if not gzip_ok:
@@ -216,9 +220,9 @@ class Exposition:
     content_type = CONTENT_TYPE_LATEST
 
 
-def duration_histogram(registry: CollectorRegistry) -> Histogram:
-    return Histogram("opsagent_check_duration_seconds", "Time one check run took (until result or deadline)",
-                     ["check"], registry=registry, buckets=DURATION_BUCKETS)
+def duration_histogram() -> CachedHistogram:
+    return CachedHistogram("opsagent_check_duration_seconds", "Time one check run took (until result or deadline)",
+                           ["check"], buckets=DURATION_BUCKETS)
 
 
 class CollectorAdapter:

@@ -9,6 +9,7 @@ error row, so one broken figure never hides the others.
 from __future__ import annotations
 
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -258,9 +259,9 @@ def figure_scrape(ctx: Ctx) -> None:
     finally:
         ex.stop()
     identical = render_identical()
-    ctx.report.add(Row("scrape", "Cached renderer = prometheus_client's generate_latest, byte for byte",
+    ctx.report.add(Row("scrape", "Cached renderers (results, histograms) = prometheus_client's generate_latest, byte for byte",
                        "identical" if identical else "DIFFERENT", "—", None, "identical", identical,
-                       "300 random updates (down targets, escapes, label sets, counters)"))
+                       "300 random updates (down targets, escapes, label sets, counters, histogram observations)"))
     ctx.report.add(Row("scrape", "/metrics after new results (one render of the exposition included)",
                        f"{h.median(cold) * 1000:.2f} ms median, {max(cold) * 1000:.2f} ms worst",
                        f"{h.pct(times['theirs'], 99) * 1000:.2f} ms p99 postgres_exporter", None, "information", None,
@@ -661,7 +662,8 @@ def _stats_seconds(dsn: str) -> float:
 
 
 def render_identical(updates: int = 300, seed: int = 9) -> bool:
-    """The cached renderer (ResultsCollector.render) gives byte for byte what generate_latest gives."""
+    """The cached renderers (ResultsCollector.render, CachedHistogram.render) give byte for byte what
+    prometheus_client's generate_latest gives (for the histogram: over a prometheus_client Histogram)."""
     from prometheus_client.exposition import generate_latest
 
     from agent.metrics import ResultsCollector
@@ -675,7 +677,17 @@ def render_identical(updates: int = 300, seed: int = 9) -> bool:
         def collect(self) -> list[Any]:
             return self.families
 
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from agent.histogram import CachedHistogram
+
     rng = random.Random(seed)
+    registry = CollectorRegistry(auto_describe=False)
+    buckets = (0.005, 0.01, 0.1, 1.0, 10.0)
+    reference_histogram = Histogram("opsagent_check_duration_seconds", "d", ["check"], registry=registry,
+                                    buckets=buckets)
+    histogram = CachedHistogram("opsagent_check_duration_seconds", "d", ["check"], buckets=buckets)
+    created = re.compile(rb"^(\S+_created(?:\{.*\})?) \S+$", re.M)  # each side stamps its own creation time
     store = ResultStore()
     stats: dict[str, dict[tuple[str, str], int]] = {"opsagent_scheduler_runs_total": {}}
     collector = ResultsCollector(store, lambda: {k: dict(v) for k, v in stats.items()})
@@ -693,6 +705,11 @@ def render_identical(updates: int = 300, seed: int = 9) -> bool:
         key = (kind, f't{i}"x')
         stats["opsagent_scheduler_runs_total"][key] = stats["opsagent_scheduler_runs_total"].get(key, 0) + 1
         if collector.render() != generate_latest(Fixed(list(collector.collect()))):  # type: ignore[arg-type]
+            return False
+        took = rng.random() * 10 ** rng.randint(-4, 1)
+        reference_histogram.labels(kind).observe(took)
+        histogram.labels(kind).observe(took)
+        if created.sub(rb"\1 T", histogram.render()) != created.sub(rb"\1 T", generate_latest(registry)):
             return False
     return True
 
