@@ -100,11 +100,18 @@ class PgBouncerCheck:
         self.target = target
         self._params = connect_kwargs(target.dsn.get_secret_value(), target.deadline, statement_timeout=False)
         self._slot = ConnectionSlot()
+        self._cursor_of: tuple[psycopg.Connection[Any], psycopg.ClientCursor[Any]] | None = None
 
     def _cursor(self) -> psycopg.ClientCursor[Any]:
+        """The connection's one cursor, kept between runs (a new one per run is ~6 µs of a ~100 µs round)."""
         conn = self._slot.get(
             lambda: psycopg.connect(autocommit=True, cursor_factory=psycopg.ClientCursor, **self._params))
-        return conn.cursor()  # type: ignore[return-value]
+        kept = self._cursor_of
+        if kept is not None and kept[0] is conn:
+            return kept[1]
+        cur: psycopg.ClientCursor[Any] = conn.cursor()  # type: ignore[assignment]
+        self._cursor_of = (conn, cur)
+        return cur
 
     def _query(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
         cur = self._cursor()
