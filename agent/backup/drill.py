@@ -192,7 +192,8 @@ class Drill:
             if result.pg_restore_error:
                 raise BackupError(f"restore of {manifest.id} failed: {result.pg_restore_error}")
             self.reporter.stage(f"verifying {len(manifest.tables)} tables against the backup's record")
-            problems = pgstats.compare(manifest.tables, pgdump.stats_of(admin_dsn, dbname=name))
+            problems = pgstats.compare(manifest.tables, pgdump.stats_of(
+                admin_dsn, dbname=name, methods={table: stats.method for table, stats in manifest.tables.items()}))
             if problems:
                 raise BackupError(f"restored {manifest.id} does not match what was backed up: " + "; ".join(problems[:5]))
             report.tables = len(manifest.tables)

@@ -33,6 +33,7 @@ class ObjectInfo:
 class TableStats:
     rows: int
     checksum: str
+    method: str = "md5"  # how the checksum was taken (agent.backup.pgstats); manifests before methods: md5
 
 
 @dataclass(frozen=True)

@@ -231,9 +231,9 @@ def restore_stream(chunks: Iterator[bytes], dsn: str, *, tool_override: str | No
     return RestoreResult(sha256=digest.hexdigest(), size=size, pg_restore_error=error)
 
 
-def stats_of(dsn: str, dbname: str | None = None) -> dict[str, TableStats]:
+def stats_of(dsn: str, dbname: str | None = None, methods: dict[str, str] | None = None) -> dict[str, TableStats]:
     conn = pgtools.connect(dsn, dbname=dbname)
     try:
-        return pgstats.table_stats(conn)
+        return pgstats.table_stats(conn, methods)
     finally:
         conn.close()
