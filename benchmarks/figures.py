@@ -47,13 +47,13 @@ class Mode:
     def quick(cls) -> Mode:
         return cls("quick", soak_seconds=120, soak_interval=1.0, cpu_seconds=120, scale_seconds=120, scrapes=300,
                    check_rounds=200, check_blocks=5, start_trials=5, detection_trials=20, backup_mb=200,
-                   backup_repeats=1)
+                   backup_repeats=3)
 
     @classmethod
     def full(cls) -> Mode:
         return cls("full", soak_seconds=240, soak_interval=1.0, cpu_seconds=600, scale_seconds=600, scrapes=1000,
                    check_rounds=500, check_blocks=7, start_trials=10, detection_trials=20, backup_mb=1100,
-                   backup_repeats=2)
+                   backup_repeats=3)
 
     def describe(self) -> list[str]:
         rounds = int(self.soak_seconds / self.soak_interval)
@@ -635,10 +635,11 @@ def figure_backup(ctx: Ctx) -> None:
                        f"{mb / h.median(ours):.1f} MB/s ({h.median(ours):.1f} s)",
                        f"{mb / h.median(dumps):.1f} MB/s ({h.median(dumps):.1f} s, `pg_dump -Fc > file`)",
                        ratio, "≥ 0.9×", ratio >= 0.9,
-                       f"{len(ours)} run(s) each; opsagent time is opsagent_backup_duration_seconds (dump, checksum, "
-                       f"manifest into a file repository), which also reads the drill's per-table row counts + md5 "
-                       f"content checksums in the dump's snapshot, concurrently with pg_dump: {stats_s:.1f} s of "
-                       f"server CPU when run alone (agent/backup/pgstats.py)"
+                       f"{len(ours)} alternating run(s) each (opsagent {h.spread(ours)} s, pg_dump "
+                       f"{h.spread(dumps)} s); opsagent time is opsagent_backup_duration_seconds (dump, checksum, "
+                       f"manifest into a file repository), which also reads the drill's per-table row counts + "
+                       f"content checksums (typed row hashes) in the dump's snapshot, concurrently with pg_dump: "
+                       f"{stats_s:.1f} s of server CPU when run alone (agent/backup/pgstats.py)"
                        + ("" if mb >= 1000 else "; smaller than the issue's ≥ 1 GB in quick mode")))
     growth = max(p - i for p, i in zip(peaks, idle_rss))
     ctx.report.add(Row("backup", "Agent peak RSS during the backup over idle", f"+{growth:.1f} MiB "
