@@ -47,6 +47,7 @@ class _Deadlines:
         self._armed: dict[int, Callable[[], None]] = {}
         self._next = 0
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     def arm(self, seconds: float, expire: Callable[[], None]) -> int:
         with self._cond:
@@ -66,9 +67,29 @@ class _Deadlines:
         with self._cond:
             self._armed.pop(token, None)
 
+    def expire_oldest(self) -> bool:
+        """Cut off the connection that has waited longest for a request head now; False if none waits."""
+        with self._cond:
+            while self._heap:
+                _, token = heapq.heappop(self._heap)
+                expire = self._armed.pop(token, None)
+                if expire is not None:
+                    break
+            else:
+                return False
+        expire()
+        return True
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
     def _serve(self) -> None:
         while True:
             with self._cond:
+                if self._closed:
+                    return
                 while self._heap and self._heap[0][1] not in self._armed:
                     heapq.heappop(self._heap)
                 if not self._heap:
@@ -84,13 +105,49 @@ class _Deadlines:
             expire()
 
 
-_HEAD_DEADLINES = _Deadlines()
-
 
 class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` of them.
+
+    At the limit, a new connection first makes room by cutting off the one that has waited longest
+    for its request head (a slowloris client, or an idle keep-alive one): a flood of silent clients
+    cannot grow the thread count without bound, nor lock Prometheus out. Only when every connection is
+    busy answering is the newcomer refused.
+    """
+
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+    max_connections = 256
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._active = 0
+        self._active_lock = threading.Lock()
+        self.head_deadlines = _Deadlines()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._active_lock:
+            full = self._active >= self.max_connections
+        if full and not self.head_deadlines.expire_oldest():
+            log.warning("http_connection_refused", reason="every connection is busy", limit=self.max_connections)
+            self.shutdown_request(request)
+            return
+        with self._active_lock:
+            self._active += 1
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            with self._active_lock:
+                self._active -= 1
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._active_lock:
+                self._active -= 1
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -105,15 +162,18 @@ class Handler(BaseHTTPRequestHandler):
     # whole request head gets a deadline; past it the socket is shut down under the reader.
 
     def handle_one_request(self) -> None:
-        self._head_token = _HEAD_DEADLINES.arm(self.header_deadline, self._cut_off)
+        deadlines: _Deadlines = self.server.head_deadlines  # type: ignore[attr-defined]
+        self._head_token = deadlines.arm(self.header_deadline, self._cut_off)
         try:
             super().handle_one_request()
         finally:
-            _HEAD_DEADLINES.disarm(self._head_token)
+            deadlines.disarm(self._head_token)
 
     def parse_request(self) -> bool:
-        _HEAD_DEADLINES.disarm(self._head_token)
-        return super().parse_request()
+        try:
+            return super().parse_request()  # reads the headers: still under the deadline
+        finally:
+            self.server.head_deadlines.disarm(self._head_token)  # type: ignore[attr-defined]
 
     def _cut_off(self) -> None:
         self.close_connection = True
@@ -275,6 +335,7 @@ class HttpServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self._server.head_deadlines.close()
 
 
 def serve(agent: Agent) -> HttpServer:

@@ -141,8 +141,11 @@ def test_status_page_shows_backups_rpo_and_rto(start_agent: Start, private_pg: P
     assert backup_id in page.text and "RPO" in page.text and "RTO" in page.text and "no drill yet" in page.text
 
 
-def test_a_client_trickling_header_bytes_is_cut_off(start_agent: Start, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A slowloris client that keeps sending a byte at a time is disconnected at the header deadline."""
+@pytest.mark.parametrize("head", [b"GET /metrics HTTP/1.1", b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: "],
+                         ids=["in the request line", "in the headers"])
+def test_a_client_trickling_header_bytes_is_cut_off(start_agent: Start, monkeypatch: pytest.MonkeyPatch,
+                                                    head: bytes) -> None:
+    """A slowloris client that keeps sending a byte at a time, in the request line or the headers, is disconnected at the header deadline."""
     import time
 
     from agent.http import Handler
@@ -151,16 +154,42 @@ def test_a_client_trickling_header_bytes_is_cut_off(start_agent: Start, monkeypa
     a = start_agent({})
     host, port = a.settings.agent.listen.split(":")
     s = socket.create_connection((host, int(port)), timeout=5)
-    s.sendall(b"GET /metrics HTTP/1.1\\r\\n")
+    s.sendall(head)
     started = time.monotonic()
     cut = False
     try:
         while time.monotonic() - started < 5:
-            s.sendall(b"X")  # never a complete header line
+            s.sendall(b"X")  # never a complete line
             time.sleep(0.2)
     except OSError:
         cut = True
     finally:
         s.close()
     assert cut and time.monotonic() - started < 4
+    assert a.get("/metrics").status_code == 200
+
+
+def test_a_flood_of_silent_connections_is_capped_and_metrics_still_answer(start_agent: Start,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the connection limit the oldest client still sending its request head is cut off: threads stay bounded, /metrics answers."""
+    import threading
+
+    from agent.http import _Server
+
+    monkeypatch.setattr(_Server, "max_connections", 8)
+    a = start_agent({})
+    host, port = a.settings.agent.listen.split(":")
+    socks = []
+    try:
+        for _ in range(40):
+            s = socket.create_connection((host, int(port)), timeout=5)
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
+            socks.append(s)
+        assert a.get("/metrics").status_code == 200
+        handlers = [t for t in threading.enumerate() if "process_request_thread" in t.name]
+        assert len(handlers) <= 8 + 2, len(handlers)
+        assert socks[0].recv(100) == b""  # the oldest silent client was cut off to make room
+    finally:
+        for s in socks:
+            s.close()
     assert a.get("/metrics").status_code == 200
