@@ -1,7 +1,9 @@
 """HTTP on ``agent.listen``: /metrics, /healthz, /readyz, /status, /, POST /backup.
 
-A small stdlib threading server: each connection has its own thread and a
-socket timeout, so a slow or hostile client never blocks /metrics for others.
+A small stdlib threading server: each connection has its own thread, a
+socket timeout and a deadline for its request head, and there are at most
+``_Server.max_connections`` of them, so a slow or hostile client never blocks
+/metrics for others.
 Nothing here measures: every answer is read from state the scheduler keeps.
 """
 
