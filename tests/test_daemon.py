@@ -14,7 +14,7 @@ import requests
 import yaml
 
 from tests.fixtures.agent import RunningAgent, poll
-from tests.fixtures.servers import HangingServer, free_port
+from tests.fixtures.servers import HangingServer, free_port, refused_port
 
 Start = Callable[..., RunningAgent]
 
@@ -95,7 +95,11 @@ def test_sigint_stops_cleanly(tmp_path: Path) -> None:
 
 def test_unreachable_targets_are_reported_not_fatal(tmp_path: Path) -> None:
     """The daemon starts and serves even when every database target is unreachable."""
-    dead = free_port()
+    with refused_port() as dead:
+        _unreachable_targets_are_reported(tmp_path, dead)
+
+
+def _unreachable_targets_are_reported(tmp_path: Path, dead: int) -> None:
     proc, url = _run_daemon(tmp_path, {"checks": {
         "postgres": [{"name": "db", "dsn": f"postgresql://x@127.0.0.1:{dead}/x", "interval": "1s"}],
         "redis": [{"name": "cache", "url": f"redis://127.0.0.1:{dead}/0", "interval": "1s"}],
