@@ -67,3 +67,24 @@ def test_exposition_rerenders_on_change_and_gzip_follows() -> None:
     version[0] += 1
     assert b"opsagent_test_value 3.0" in gzip.decompress(exposition.body(True))
     assert b"opsagent_test_value 3.0" in exposition.body(False)
+
+
+def test_results_of_one_shape_reuse_their_line_layout_and_stay_identical() -> None:
+    """A target reporting the same gauges with new numbers, then a changed set of gauges, always renders as prometheus_client would."""
+    store = ResultStore()
+    collector = ResultsCollector(store)
+
+    def by_state(at: float, states: tuple[str, ...], extra: bool = False) -> CheckResult:
+        gauges = tuple(Gauge("opsagent_test_connections", at * (i + 1), {"state": st}, "by state")
+                       for i, st in enumerate(states))
+        if extra:
+            gauges += (Gauge("opsagent_test_lag_seconds", at / 3, {}, "lag"),)
+        return CheckResult("postgres", "main", True, at / 10, 1000.0 + at, 0.01, gauges=gauges)
+
+    steps = [by_state(1.0, ("idle", "active", 'o"dd')), by_state(2.5, ("idle", "active", 'o"dd')),
+             by_state(7.0, ("idle", "active", 'o"dd')), by_state(8.0, ("idle", "active"), extra=True),
+             by_state(9.0, ("idle", "active"), extra=True), by_state(1e-9, ("idle", "active", 'o"dd'))]
+    for i, step in enumerate(steps):
+        store.record(step)
+        assert collector.render() == reference(collector), f"after step {i}"
+    assert b'opsagent_test_connections{check="postgres",state="active",target="main"} 2e-09' in collector.render()
