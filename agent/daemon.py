@@ -41,7 +41,7 @@ from checks import check_class
 
 log = structlog.get_logger("opsagent.daemon")
 
-HEARTBEAT_SECONDS = 2.0
+HEARTBEAT_SECONDS = 5.0  # six beats inside WEDGED_AFTER_SECONDS; each beat is a scheduler job (CPU, benchmarks/)
 WEDGED_AFTER_SECONDS = 30.0
 STOP_BUDGET_SECONDS = 20.0
 LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
