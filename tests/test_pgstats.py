@@ -96,3 +96,17 @@ def test_a_method_the_restore_cannot_reproduce_is_a_drill_problem() -> None:
     got = {"public.t": TableStats(rows=3, checksum="2", method=pgstats.TEXT_HASH)}
     assert pgstats.compare(want, got) == [
         "table public.t could not be checksummed the way the backup recorded (hash_record); got text_hash"]
+
+
+def test_a_manifest_written_before_methods_reads_as_md5() -> None:
+    """Tables in an older manifest carry no method; they load as md5, which is what those checksums are."""
+    import json
+
+    from agent.backup.manifest import Manifest
+
+    raw = {"id": "postgres-main-20260101T000000Z-abcdef", "kind": "postgres", "target": "main", "started": 1.0,
+           "finished": 2.0, "size": 3, "compression": "x", "objects": [{"name": "data.dump", "size": 3, "sha256": "0"}],
+           "server_version": "15", "tool_version": "pg_dump 15", "tables": {"public.t": {"rows": 3, "checksum": "42"}}}
+    manifest = Manifest.from_json(json.dumps(raw).encode())
+    assert manifest.tables["public.t"] == TableStats(rows=3, checksum="42", method=pgstats.MD5)
+    assert json.loads(Manifest.from_json(manifest.to_json()).to_json())["tables"]["public.t"]["method"] == "md5"
