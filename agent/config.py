@@ -542,41 +542,42 @@ _SECRET_KEYS = {"admin_token", "dsn", "url", "slack_webhook_url", "pagerduty_rou
                 "lock_dsn"}
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: dict[str, Any]) -> tuple[str, str]:
+    """(the key, what is wrong with it) for one pydantic error; the key is empty when the text names it."""
     kind = error["type"]
     key = _loc(tuple(error["loc"]), last_is_key=kind == "invalid_key")
     msg: str = error["msg"]
     if kind == "invalid_key":
-        return f"{key}: keys must be strings"
+        return key, "keys must be strings"
     if kind == "extra_forbidden":
-        return f"{key}: unknown key; remove it or check its spelling"
+        return key, "unknown key; remove it or check its spelling"
     if kind == "missing":
-        return f"{key}: required but missing"
+        return key, "required but missing"
     # Never echo what may be a secret: a secret key's value, or any URL (credentials, webhook paths).
     raw = error.get("input")
     hidden = key.rsplit(".", 1)[-1] in _SECRET_KEYS or "@" in str(raw) or "://" in str(raw)
     if kind == "string_pattern_mismatch":
         value = "the value" if hidden else repr(raw)
         if key.endswith("name") or ".postgres[" in key and key.startswith("backup"):
-            return f"{key}: {value} is not a valid name; expected {_NAME_FORM}"
+            return key, f"{value} is not a valid name; expected {_NAME_FORM}"
         if key.endswith("sns_topic_arn"):
-            return f"{key}: {value} is not an SNS topic ARN; expected arn:aws:sns:REGION:ACCOUNT:NAME"
+            return key, f"{value} is not an SNS topic ARN; expected arn:aws:sns:REGION:ACCOUNT:NAME"
         if key.endswith("load_balancer"):
-            return f"{key}: {value} is not an ALB name; expected app/NAME/ID"
-        return f"{key}: {msg}"
+            return key, f"{value} is not an ALB name; expected app/NAME/ID"
+        return key, msg
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
         if hidden and raw is not None and str(raw):  # a validator quoted a URL or secret where it expected else
             msg = msg.replace(repr(str(raw)), "the value").replace(str(raw), "the value")
         if msg.startswith("alerts."):  # already names its key
-            return msg
-        return f"{key}: {msg}"
+            return "", msg
+        return key, msg
     form = _FORMS.get(kind)
     shown = raw
     shown_text = "" if isinstance(shown, (dict, list)) or shown is None or hidden else f"{secrets.scrub(str(shown))!r}: "
     if form:
-        return f"{key}: {shown_text}expected {form}"
-    return f"{key}: {shown_text}{msg}"
+        return key, f"{shown_text}expected {form}"
+    return key, f"{shown_text}{msg}"
 
 
 def _check_environment(env: dict[str, str]) -> list[str]:
@@ -729,16 +730,10 @@ def _raw_secrets(data: dict[str, Any], env: Mapping[str, str]) -> tuple[str, ...
 
 def _problem(error: dict[str, Any], raw_secrets: tuple[str, ...]) -> str:
     """One problem line; what follows the key never shows a secret (known, in a URL, or at a secret key)."""
-    line = secrets.scrub(_describe(error))
-    kind = error["type"]
-    head = _loc(tuple(error["loc"]), last_is_key=kind == "invalid_key") + ": "
-    if line.startswith(head):
-        key, rest = head, line[len(head):]
-    else:
-        key, rest = "", line
-    for value in raw_secrets:
+    key, rest = _describe(error)
+    for value in raw_secrets:  # after the key only, so a short secret never mangles a key name
         rest = rest.replace(value, secrets.MASK)
-    return key + rest
+    return secrets.scrub(f"{key}: {rest}" if key else rest)
 
 
 def _dedupe(items: list[str]) -> list[str]:
