@@ -179,10 +179,14 @@ class _Fragment:
 
     @classmethod
     def of(cls, result: CheckResult) -> _Fragment:
-        metrics = ResultsCollector._result_families([result])
-        texts = _split_families(generate_latest(_Families(metrics)))
-        return cls({m.name: (header, tuple(getattr(m, "_labelnames", ())), b"".join(body))
-                    for m, (header, body) in zip(metrics, texts)})
+        return cls({name: (header, names, b"".join(body)) for name, header, names, body in _formatted(result)})
+
+
+def _formatted(result: CheckResult) -> list[tuple[str, bytes, tuple[str, ...], list[bytes]]]:
+    """One result through ``generate_latest``: per family its name, header, label names and sample lines."""
+    metrics = ResultsCollector._result_families([result])
+    texts = _split_families(generate_latest(_Families(metrics)))
+    return [(m.name, header, tuple(getattr(m, "_labelnames", ())), body) for m, (header, body) in zip(metrics, texts)]
 
 
 class _FragmentTemplate:
@@ -204,10 +208,8 @@ class _FragmentTemplate:
 
     @classmethod
     def of(cls, result: CheckResult) -> _FragmentTemplate:
-        metrics = ResultsCollector._result_families([result])
-        texts = _split_families(generate_latest(_Families(metrics)))
-        families = [(m.name, header, tuple(getattr(m, "_labelnames", ())), [line.rsplit(b" ", 1)[0] + b" " for line in body])
-                    for m, (header, body) in zip(metrics, texts)]
+        families = [(name, header, names, [line.rsplit(b" ", 1)[0] + b" " for line in body])
+                    for name, header, names, body in _formatted(result)]
         return cls(cls.shape_of(result), families)
 
     @staticmethod
