@@ -60,6 +60,7 @@ def table_stats(conn: psycopg.Connection[tuple[object, ...]],
     local = "" if conn.autocommit else "LOCAL "
     conn.execute(f"SET {local}extra_float_digits = 3")
     version = conn.info.server_version
+    pinned = False
     out: dict[str, TableStats] = {}
     for schema, table in conn.execute(_TABLES).fetchall():
         name = f"{schema}.{table}"
@@ -67,22 +68,25 @@ def table_stats(conn: psycopg.Connection[tuple[object, ...]],
         if wanted is None:
             wanted = HASH_RECORD if version >= 140000 else TEXT_HASH if version >= 110000 else MD5
         relation = sql.Identifier(str(schema), str(table))
-        stats = _one_table(conn, relation, wanted, local)
-        if stats is None:  # a column type without an extended hash function: hash its text instead
-            stats = _one_table(conn, relation, TEXT_HASH, local)
+        stats = None
+        for method in (wanted, TEXT_HASH):  # a column type without an extended hash function: hash its text
+            if method == TEXT_HASH and not pinned:
+                for setting in _PINNED:  # once per connection (or snapshot transaction)
+                    conn.execute(f"SET {local}{setting}")
+                pinned = True
+            stats = _one_table(conn, relation, method)
+            if stats is not None:
+                break
         assert stats is not None
         out[name] = stats
     return out
 
 
-def _one_table(conn: psycopg.Connection[tuple[object, ...]], relation: sql.Composable, method: str,
-               local: str) -> TableStats | None:
+def _one_table(conn: psycopg.Connection[tuple[object, ...]], relation: sql.Composable,
+               method: str) -> TableStats | None:
     """Rows and checksum of one table; None when ``hash_record`` cannot hash one of its column types."""
     if method not in _ROW_HASH:
         raise ValueError(f"unknown table checksum method {method!r}")
-    if method == TEXT_HASH:
-        for setting in _PINNED:
-            conn.execute(f"SET {local}{setting}")
     query = sql.SQL("SELECT count(*), coalesce(sum({}), 0)::text FROM ONLY {} AS t").format(
         sql.SQL(_ROW_HASH[method]), relation)
     if method != HASH_RECORD:
