@@ -286,11 +286,11 @@ def figure_scrape(ctx: Ctx) -> None:
 def figure_check_cost(ctx: Ctx) -> None:
     import psycopg
 
-    from agent.config import PgBouncerTarget, PostgresTarget, RedisTarget
-    from agent.runner import TargetRunner
-    from checks import pgbouncer as pgb_check
-    from checks import postgres as pg_check
-    from checks import redis as redis_check
+    from opsagent.checks import pgbouncer as pgb_check
+    from opsagent.checks import postgres as pg_check
+    from opsagent.checks import redis as redis_check
+    from opsagent.config import PgBouncerTarget, PostgresTarget, RedisTarget
+    from opsagent.runtime.runner import TargetRunner
 
     m = ctx.mode
 
@@ -343,7 +343,7 @@ def figure_check_cost(ctx: Ctx) -> None:
                                f"per-block ratio {h.spread(ratios)}; check.measure() alone "
                                f"{h.median(inner) * 1000:.3f} ms = {inner_ratio:.2f}× bare"))
         # The boundary alone: a check that does nothing, through the same runner.
-        from checks.base import Reading, SimpleCheck
+        from opsagent.checks.base import Reading, SimpleCheck
 
         class _Noop(SimpleCheck):
             kind = "noop"
@@ -663,7 +663,7 @@ def _stats_seconds(dsn: str) -> float:
     """Seconds the agent's drill statistics take on this database, measured alone."""
     import psycopg
 
-    from agent.backup import pgstats
+    from opsagent.backup import pgstats
 
     with psycopg.connect(dsn, autocommit=False) as conn:
         t0 = time.monotonic()
@@ -678,9 +678,9 @@ def render_identical(updates: int = 300, seed: int = 9) -> bool:
     prometheus_client's generate_latest gives (for the histogram: over a prometheus_client Histogram)."""
     from prometheus_client.exposition import generate_latest
 
-    from agent.metrics import ResultsCollector
-    from agent.results import CheckResult, ResultStore
-    from checks.base import Gauge
+    from opsagent.checks.base import Gauge
+    from opsagent.runtime.results import CheckResult, ResultStore
+    from opsagent.telemetry.metrics import ResultsCollector
 
     class Fixed:
         def __init__(self, families: list[Any]) -> None:
@@ -691,7 +691,7 @@ def render_identical(updates: int = 300, seed: int = 9) -> bool:
 
     from prometheus_client import CollectorRegistry, Histogram
 
-    from agent.histogram import CachedHistogram
+    from opsagent.telemetry.histogram import CachedHistogram
 
     rng = random.Random(seed)
     registry = CollectorRegistry(auto_describe=False)

@@ -91,7 +91,7 @@ def pyinstrument_start(workdir: Path, config_path: Path, port: int, top_lines: i
     """One cold ``opsagent run`` under pyinstrument until /readyz, then SIGINT; the text tree's top."""
     out = workdir / "start-profile.txt"
     proc = h.spawn("pyinstrument-start", [sys.executable, "-m", "pyinstrument", "--renderer", "text", "--no-color",
-                                          "--outfile", str(out), "-m", "agent", "run", "--config", str(config_path)],
+                                          "--outfile", str(out), "-m", "opsagent", "run", "--config", str(config_path)],
                    workdir)
     try:
         h.wait_http(port, "/readyz", 60, proc)

@@ -9,7 +9,7 @@ import pytest
 import structlog
 from hypothesis import settings
 
-from agent import secrets
+from opsagent import secrets
 
 # The gate (`make test`, CI) runs the property tests on a fixed example sequence so a red run always
 # means a change broke something; `HYPOTHESIS_PROFILE=explore make test` draws fresh examples to hunt.
@@ -39,7 +39,7 @@ def _forget_secrets() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _fresh_aws_clients() -> Iterator[None]:
     """boto3 clients are cached per process; a test that points AWS_* elsewhere gets new ones."""
-    from agent import aws
+    from opsagent import aws
 
     aws.reset()
     yield

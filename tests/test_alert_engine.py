@@ -8,11 +8,26 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.alerts.catalog import ALARMS
-from agent.alerts.engine import AlertState, EngineConfig, Observation, Phase, Rule, evaluate, evaluate_result
-from agent.alerts.pipeline import engine_config
-from agent.alerts.render import ANNOTATION_NAMES, LABEL_NAMES, Identity, alert_payload, fingerprint, labels_for
-from agent.config import Settings
+from opsagent.alerts.catalog import ALARMS
+from opsagent.alerts.engine import (
+    AlertState,
+    EngineConfig,
+    Observation,
+    Phase,
+    Rule,
+    evaluate,
+    evaluate_result,
+)
+from opsagent.alerts.pipeline import engine_config
+from opsagent.alerts.render import (
+    ANNOTATION_NAMES,
+    LABEL_NAMES,
+    Identity,
+    alert_payload,
+    fingerprint,
+    labels_for,
+)
+from opsagent.config import Settings
 
 REDIS = Rule("RedisMemoryHigh", threshold=0.75, for_seconds=300, severity="warning")
 

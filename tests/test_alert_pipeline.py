@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from agent.alerts.catalog import ALARMS
-from agent.alerts.pipeline import AlertPipeline
-from agent.config import Settings
-from agent.notify.worker import backoff_delay
-from agent.results import CheckResult
+from opsagent.alerts.catalog import ALARMS
+from opsagent.alerts.pipeline import AlertPipeline
+from opsagent.config import Settings
+from opsagent.notify.worker import backoff_delay
+from opsagent.runtime.results import CheckResult
 from tests.fixtures.alertmanager import AlertmanagerServer, Receiver
 from tests.fixtures.servers import HangingServer
 
@@ -344,7 +344,7 @@ def test_status_row_of_a_kind_with_several_alarms_shows_the_one_firing(tmp_path:
 
 def test_backup_failure_page_says_why(tmp_path: Path) -> None:
     """A BackupFailed page carries the failed run's reason, with secrets masked."""
-    from agent import secrets
+    from opsagent import secrets
 
     secrets.register(["postgresql://app:s3cretpw@db/app"])
     p = AlertPipeline(_settings(), tmp_path)

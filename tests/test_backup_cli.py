@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from agent import secrets
-from agent.backup import commands
-from agent.backup.progress import TerminalReporter
+from opsagent import secrets
+from opsagent.backup import commands
+from opsagent.backup.progress import TerminalReporter
 from tests.fixtures.backup import SourceDb, backup_settings, new_database, table_dump
 
 
 @pytest.fixture(autouse=True)
 def _logs_to_stderr() -> None:
     """As the CLI does: logs on stderr, so stdout holds only the command's output."""
-    from agent import logging as agent_logging
+    from opsagent.telemetry import logging as agent_logging
 
     agent_logging.configure("info")
 

@@ -11,8 +11,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from agent.backup.engine import primary_repository
-from agent.config import load_config
+from opsagent.backup.engine import primary_repository
+from opsagent.config import load_config
 from tests.fixtures.backup import SourceDb, backup_config, slow_tools, write_config
 from tests.fixtures.servers import closed_port
 

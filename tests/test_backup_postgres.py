@@ -9,10 +9,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from agent import secrets
-from agent.backup import pgdump, pgtools
-from agent.backup.engine import BackupEngine, primary_repository, replica_repository
-from agent.backup.errors import ToolTooOld
+from opsagent import secrets
+from opsagent.backup import pgdump, pgtools
+from opsagent.backup.engine import BackupEngine, primary_repository, replica_repository
+from opsagent.backup.errors import ToolTooOld
 from tests.fixtures.aws import MotoServer
 from tests.fixtures.backup import SourceDb, backup_settings, new_database, table_dump
 from tests.fixtures.servers import PostgresServer, closed_port

@@ -10,9 +10,9 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry
 
-from agent.backup.schedule import current_slot
-from agent.backup.service import BackupService
-from agent.results import ResultStore
+from opsagent.backup.schedule import current_slot
+from opsagent.backup.service import BackupService
+from opsagent.runtime.results import ResultStore
 from tests.fixtures.backup import SourceDb, backup_settings
 from tests.fixtures.servers import closed_port
 
@@ -67,7 +67,7 @@ def test_a_slot_runs_once_and_the_next_slot_runs_again(tmp_path: Path, source_db
 
 def test_old_slot_markers_are_pruned(tmp_path: Path) -> None:
     """Slot markers older than a week are deleted after a run, recent ones stay (the state does not grow forever)."""
-    from agent.backup.engine import primary_repository
+    from opsagent.backup.engine import primary_repository
 
     settings = backup_settings(tmp_path)
     repo = primary_repository(settings)
@@ -167,7 +167,7 @@ def test_rds_snapshots_join_the_run_and_the_freshness_results(tmp_path: Path, aw
 
 def test_alert_engine_raises_backup_alarms_from_the_synthetic_results(tmp_path: Path) -> None:
     """With PostgreSQL down past the RPO: BackupFailed, BackupStale and ReplicaStale fire through the alert engine."""
-    from agent.alerts.pipeline import AlertPipeline
+    from opsagent.alerts.pipeline import AlertPipeline
 
     now = [1_800_000_000.0]
     dsn = f"postgresql://postgres@127.0.0.1:{closed_port()}/postgres"
@@ -190,7 +190,7 @@ def test_shutdown_mid_backup_is_not_a_failure_and_leaves_the_slot_open(tmp_path:
     import threading
     import time
 
-    from agent.backup.engine import primary_repository
+    from opsagent.backup.engine import primary_repository
     from tests.fixtures.backup import slow_tools
 
     settings = backup_settings(tmp_path, dsn=source_db.dsn, pg_dump_path=slow_tools(tmp_path, dump_sleep=30))

@@ -8,13 +8,13 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from agent.alerts.catalog import ALARMS
-from agent.config import BullMQTarget, ConfigError, Settings, load_config
-from agent.runner import TargetRunner
-from agent.verdict import verdict
-from checks import check_class
-from checks.base import CheckError
-from checks.bullmq import BullMQCheck
+from opsagent.alerts.catalog import ALARMS
+from opsagent.alerts.verdict import verdict
+from opsagent.checks import check_class
+from opsagent.checks.base import CheckError
+from opsagent.checks.bullmq import BullMQCheck
+from opsagent.config import BullMQTarget, ConfigError, Settings, load_config
+from opsagent.runtime.runner import TargetRunner
 from tests.fixtures.servers import HangingServer, RedisServer, closed_port
 
 
@@ -167,13 +167,13 @@ def test_a_target_without_queues_is_a_config_error() -> None:
     """A bullmq target must name at least one queue; the error names the key."""
     with pytest.raises(ConfigError) as info:
         load_config(None, env={"OPSAGENT_CHECKS__BULLMQ": '[{"name": "jobs", "url": "redis://127.0.0.1:6379/0", "queues": []}]'})
-    assert any("checks.bullmq[0].queues" in p for p in info.value.problems)
+    assert any("opsagent.checks.bullmq[0].queues" in p for p in info.value.problems)
 
 
 def test_a_recent_failure_fires_the_failed_jobs_alarm_through_the_engine(bull_redis: RedisServer, r: redis.Redis) -> None:
     """Through the alert engine, one job failed inside the window fires BullMQFailedJobs and a small backlog fires nothing else."""
-    from agent.alerts.engine import evaluate_result
-    from agent.alerts.pipeline import engine_config
+    from opsagent.alerts.engine import evaluate_result
+    from opsagent.alerts.pipeline import engine_config
 
     add_queue(r, "payouts", wait=3, failed_at=[time.time() - 10])
     check = BullMQCheck(target(bull_redis, ["payouts"]))

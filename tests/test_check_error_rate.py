@@ -13,11 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.alerts.catalog import ALARMS
-from agent.config import ErrorRateTarget
-from agent.runner import TargetRunner
-from checks.base import CheckError
-from checks.error_rate import (
+from opsagent.alerts.catalog import ALARMS
+from opsagent.checks.base import CheckError
+from opsagent.checks.error_rate import (
     BASIS_CLOUDWATCH,
     BASIS_DELTA,
     BASIS_FIRST,
@@ -28,6 +26,8 @@ from checks.error_rate import (
     cloudwatch_queries,
     parse_counters,
 )
+from opsagent.config import ErrorRateTarget
+from opsagent.runtime.runner import TargetRunner
 from tests.fixtures.aws import MotoServer
 from tests.fixtures.down import assert_down_cleanly, down_beside_healthy, run_logged
 from tests.fixtures.servers import HangingServer, closed_port

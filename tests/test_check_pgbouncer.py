@@ -10,15 +10,20 @@ from typing import Any
 import psycopg
 import pytest
 
-from agent.alerts.catalog import ALARMS
-from agent.config import PgBouncerTarget, PostgresTarget
-from agent.runner import TargetRunner
-from checks.base import Reading
-from checks.pgbouncer import PgBouncerCheck
-from checks.postgres import PostgresCheck
+from opsagent.alerts.catalog import ALARMS
+from opsagent.checks.base import Reading
+from opsagent.checks.pgbouncer import PgBouncerCheck
+from opsagent.checks.postgres import PostgresCheck
+from opsagent.config import PgBouncerTarget, PostgresTarget
+from opsagent.runtime.runner import TargetRunner
 from tests.fixtures.agent import poll_last as poll
 from tests.fixtures.down import assert_down_cleanly, down_beside_healthy, run_logged
-from tests.fixtures.pgbouncer import ADMIN_PASSWORD, APP_DB, APP_PASSWORD, PgBouncerServer
+from tests.fixtures.pgbouncer import (
+    ADMIN_PASSWORD,
+    APP_DB,
+    APP_PASSWORD,
+    PgBouncerServer,
+)
 from tests.fixtures.servers import HangingServer, closed_port
 
 

@@ -13,13 +13,19 @@ from typing import Any
 import psycopg
 import pytest
 
-from agent.alerts.catalog import ALARMS
-from agent.config import PostgresTarget
-from agent.runner import TargetRunner
-from checks.postgres import PostgresCheck
+from opsagent.alerts.catalog import ALARMS
+from opsagent.checks.postgres import PostgresCheck
+from opsagent.config import PostgresTarget
+from opsagent.runtime.runner import TargetRunner
 from tests.fixtures.agent import poll_last as poll
 from tests.fixtures.down import assert_down_cleanly, down_beside_healthy, run_logged
-from tests.fixtures.servers import IS_ROOT, HangingServer, PostgresServer, closed_port, pg_bin
+from tests.fixtures.servers import (
+    IS_ROOT,
+    HangingServer,
+    PostgresServer,
+    closed_port,
+    pg_bin,
+)
 
 PASSWORD = "pg-Secret-9931"
 

@@ -11,13 +11,24 @@ from typing import Any
 import pytest
 import redis
 
-from agent.alerts.catalog import ALARMS
-from agent.config import RedisTarget
-from agent.runner import TargetRunner
-from checks.base import CheckError
-from checks.redis import BASIS_MAXMEMORY, BASIS_SYSTEM, RedisCheck, memory_ratio
+from opsagent.alerts.catalog import ALARMS
+from opsagent.checks.base import CheckError
+from opsagent.checks.redis import (
+    BASIS_MAXMEMORY,
+    BASIS_SYSTEM,
+    RedisCheck,
+    memory_ratio,
+)
+from opsagent.config import RedisTarget
+from opsagent.runtime.runner import TargetRunner
 from tests.fixtures.down import assert_down_cleanly, down_beside_healthy, run_logged
-from tests.fixtures.servers import HangingServer, RedisServer, closed_port, free_port, wait_for_port
+from tests.fixtures.servers import (
+    HangingServer,
+    RedisServer,
+    closed_port,
+    free_port,
+    wait_for_port,
+)
 
 PASSWORD = "redis-Secret-5521"
 

@@ -13,10 +13,15 @@ import boto3
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.config import S3ReplicationTarget, Settings
-from agent.runner import TargetRunner
-from agent.verdict import verdict
-from checks.s3_replication import ObjectInfo, S3ReplicationCheck, compare_listings, rule_state
+from opsagent.alerts.verdict import verdict
+from opsagent.checks.s3_replication import (
+    ObjectInfo,
+    S3ReplicationCheck,
+    compare_listings,
+    rule_state,
+)
+from opsagent.config import S3ReplicationTarget, Settings
+from opsagent.runtime.runner import TargetRunner
 
 SRC_REGION, DST_REGION = "us-east-1", "eu-west-1"
 SRC, DST = "kyc-documents", "kyc-documents-dr"
@@ -169,8 +174,8 @@ def test_the_merge_join_agrees_with_a_set_comparison(source: dict[str, tuple[int
 
 def test_missing_replication_pages_at_once_through_the_engine(aws: Any) -> None:
     """Through the alert engine, a bucket without replication fires S3ReplicationDisabled on the first reading, and old unreplicated objects fire S3ReplicationLagging."""
-    from agent.alerts.engine import evaluate_result
-    from agent.alerts.pipeline import engine_config
+    from opsagent.alerts.engine import evaluate_result
+    from opsagent.alerts.pipeline import engine_config
 
     src, _ = buckets(rule_status=None)
     src.put_object(Bucket=SRC, Key="users/9/id.pdf", Body=b"id")

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.config import Settings, SqsTarget
-from agent.runner import TargetRunner
-from agent.verdict import verdict
-from checks.base import CheckError
-from checks.sqs import SqsCheck, oldest_age, region_from_url
+from opsagent.alerts.verdict import verdict
+from opsagent.checks.base import CheckError
+from opsagent.checks.sqs import SqsCheck, oldest_age, region_from_url
+from opsagent.config import Settings, SqsTarget
+from opsagent.runtime.runner import TargetRunner
 
 REGION = "eu-west-1"
 
@@ -125,8 +125,8 @@ def test_the_newest_datapoint_wins_in_any_order(points: list[tuple[int, float]])
 
 def test_a_dead_letter_message_fires_its_alarm_after_one_minute(aws: Any) -> None:
     """Through the alert engine, a message sitting in the DLQ is pending at first and fires SQSDeadLetterQueueNotEmpty after its 1m `for`."""
-    from agent.alerts.engine import evaluate_result
-    from agent.alerts.pipeline import engine_config
+    from opsagent.alerts.engine import evaluate_result
+    from opsagent.alerts.pipeline import engine_config
 
     url, dlq = make_queue("kyc"), make_queue("kyc-dlq")
     send(dlq, 1)

@@ -15,7 +15,7 @@ from tests.fixtures.servers import closed_port
 def run(tmp_path: Path, config: dict[str, object], *args: str) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
-    return subprocess.run([sys.executable, "-m", "agent", "check", *args, "--config", str(path)],
+    return subprocess.run([sys.executable, "-m", "opsagent", "check", *args, "--config", str(path)],
                           capture_output=True, text=True, timeout=60)
 
 
@@ -55,15 +55,15 @@ def test_unknown_name_exits_2(tmp_path: Path) -> None:
 
 def test_usage_error_exits_2() -> None:
     """An unknown sub-command exits 2 with usage, no traceback."""
-    proc = subprocess.run([sys.executable, "-m", "agent", "frobnicate"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "opsagent", "frobnicate"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
 def test_verdict_covers_alarms_on_detail_fields() -> None:
     """A kind's second alarm (comparing a details field) breaches the verdict too, and is named."""
-    from agent.config import load_config
-    from agent.results import CheckResult
-    from agent.verdict import verdict
+    from opsagent.alerts.verdict import verdict
+    from opsagent.config import load_config
+    from opsagent.runtime.results import CheckResult
 
     settings = load_config(None, env={})
     ok = CheckResult("sqs", "jobs", True, 5.0, 0.0, 0.1, details={"dlq_visible_messages": 0})

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load_config
-from agent.units import format_duration, parse_duration, parse_ratio
+from opsagent.config import ConfigError, load_config
+from opsagent.units import format_duration, parse_duration, parse_ratio
 
 GOOD = """
 agent: {name: api-sidecar, listen: "127.0.0.1:9108"}
@@ -184,7 +184,7 @@ def test_errors_never_echo_a_secret_pasted_into_another_key(tmp_path: Path) -> N
 def test_cli_exits_2_with_key_names_and_no_traceback(tmp_path: Path) -> None:
     """`opsagent config validate` on a broken file exits 2 and prints the key, never a traceback."""
     path = write(tmp_path, "checks: {cpu: {interval: 5x}}\nagent: {listen: nope}\n")
-    proc = subprocess.run([sys.executable, "-m", "agent", "config", "validate", "--config", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "opsagent", "config", "validate", "--config", str(path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "checks.cpu.interval" in proc.stderr and "agent.listen" in proc.stderr
@@ -195,14 +195,14 @@ def test_config_flag_before_or_after_the_command(tmp_path: Path) -> None:
     """--config works before the sub-command as well as after it."""
     path = write(tmp_path, GOOD)
     for argv in (["--config", str(path), "config", "validate"], ["config", "validate", "--config", str(path)]):
-        proc = subprocess.run([sys.executable, "-m", "agent", *argv], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run([sys.executable, "-m", "opsagent", *argv], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
 
 
 def test_cli_show_prints_secrets_masked(tmp_path: Path) -> None:
     """`config show` prints the effective config with *** for every secret."""
     path = write(tmp_path, GOOD)
-    proc = subprocess.run([sys.executable, "-m", "agent", "config", "show", "--config", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "opsagent", "config", "show", "--config", str(path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     assert "api-sidecar" in proc.stdout and "***" in proc.stdout

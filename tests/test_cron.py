@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from agent.backup.schedule import cron_trigger
+from opsagent.cron import cron_trigger
 
 MONDAY = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 

@@ -53,7 +53,7 @@ def _run_daemon(tmp_path: Path, config: dict[str, object]) -> tuple[subprocess.P
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSAGENT_")}
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(path)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "opsagent", "run", "--config", str(path)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -134,7 +134,7 @@ def _ok(url: str) -> bool:
 
 def test_runner_timeouts_and_skips_are_counted_per_target(tmp_path: Path) -> None:
     """Runs abandoned at their deadline and runs refused behind a hung one appear as per-target counters."""
-    from agent.daemon import Agent
+    from opsagent.runtime.agent import Agent
     from tests.fixtures.agent import make_settings
 
     agent = Agent(make_settings(tmp_path, {}))

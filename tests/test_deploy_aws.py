@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 
-from agent.config import ENV_PREFIX, ConfigError, Settings, load_config
+from opsagent.config import ENV_PREFIX, ConfigError, Settings, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT / "deploy" / "ecs" / "task-definition.json"

@@ -18,7 +18,7 @@ import pytest
 import requests
 import yaml
 
-from agent.alerts.catalog import ALARMS
+from opsagent.alerts.catalog import ALARMS
 from tests.fixtures.alertmanager import AlertmanagerServer, PrometheusServer, _wait_http
 from tests.fixtures.servers import closed_port
 
@@ -97,13 +97,13 @@ def test_the_rules_cover_every_alarm_with_its_default_severity() -> None:
 
 def test_the_shipped_rules_are_what_rules_export_prints_for_the_default_config() -> None:
     """deploy/prometheus/opsagent-rules.yml equals `opsagent rules export` with the default configuration (regenerate it when this fails)."""
-    from agent.config import load_config
-    from agent.rules import render_rules
+    from opsagent.config import load_config
+    from opsagent.rules import render_rules
 
     expected = render_rules(load_config(None, env={}))
     assert (PROM_DIR / "opsagent-rules.yml").read_text() == expected, (
         "deploy/prometheus/opsagent-rules.yml drifted from `opsagent rules export`; regenerate it with\n"
-        "  .venv/bin/python -c \"from agent.config import load_config; from agent.rules import render_rules; "
+        "  .venv/bin/python -c \"from opsagent.config import load_config; from opsagent.rules import render_rules; "
         "print(render_rules(load_config(None, env={})), end='')\" > deploy/prometheus/opsagent-rules.yml"
     )
 

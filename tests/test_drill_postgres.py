@@ -11,12 +11,18 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from agent.backup.drill import SCRATCH_PREFIX, Drill
-from agent.backup.engine import BackupEngine, replica_repository
-from agent.backup.service import BackupService
-from agent.config import load_config
-from agent.results import ResultStore
-from tests.fixtures.backup import SourceDb, backup_config, backup_settings, slow_tools, write_config
+from opsagent.backup.drill import SCRATCH_PREFIX, Drill
+from opsagent.backup.engine import BackupEngine, replica_repository
+from opsagent.backup.service import BackupService
+from opsagent.config import load_config
+from opsagent.runtime.results import ResultStore
+from tests.fixtures.backup import (
+    SourceDb,
+    backup_config,
+    backup_settings,
+    slow_tools,
+    write_config,
+)
 from tests.fixtures.servers import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +119,7 @@ def test_drill_killed_mid_restore_leaves_nothing_after_next_drill(tmp_path: Path
     path = write_config(tmp_path, config, "slow.yaml")
     proc = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from agent.config import load_config; from agent.backup.drill import Drill; "
+         "import sys; from opsagent.config import load_config; from opsagent.backup.drill import Drill; "
          "Drill(load_config(sys.argv[1], env={})).run()", str(path)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 30

@@ -90,7 +90,7 @@ def test_profile_end_to_end_breach_page_and_resolution(tmp_path: Path, stack: di
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         "scrape_configs:\n"
         f"  - job_name: opsagent\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n")
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(PROFILE)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "opsagent", "run", "--config", str(PROFILE)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         prom.start()

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from agent import secrets
-from agent.alerts.catalog import ALARMS
-from agent.config import Settings, load_config
+from opsagent import secrets
+from opsagent.alerts.catalog import ALARMS
+from opsagent.config import Settings, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "deploy" / "examples"
@@ -51,12 +51,12 @@ def test_each_example_validates(name: str) -> None:
 
 def test_the_cli_validates_an_example_and_rejects_a_broken_one(tmp_path: Path) -> None:
     """`python -m agent config validate --config` exits 0 on an example and 2 on a copy with a bad key."""
-    ok = subprocess.run([sys.executable, "-m", "agent", "config", "validate", "--config", str(EXAMPLES / "powerpay.yaml")],
+    ok = subprocess.run([sys.executable, "-m", "opsagent", "config", "validate", "--config", str(EXAMPLES / "powerpay.yaml")],
                         capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"}, cwd=ROOT)
     assert ok.returncode == 0, ok.stderr
     broken = tmp_path / "broken.yaml"
     broken.write_text((EXAMPLES / "powerpay.yaml").read_text().replace("queue_url:", "queue_ulr:", 1))
-    bad = subprocess.run([sys.executable, "-m", "agent", "config", "validate", "--config", str(broken)],
+    bad = subprocess.run([sys.executable, "-m", "opsagent", "config", "validate", "--config", str(broken)],
                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"}, cwd=ROOT)
     assert bad.returncode == 2
     assert "checks.sqs[0]" in bad.stderr + bad.stdout

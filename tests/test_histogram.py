@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import generate_latest
 
-from agent.histogram import CachedHistogram
+from opsagent.telemetry.histogram import CachedHistogram
 
 BUCKETS = (0.005, 0.01, 0.25, 1.0, 30.0)
 _CREATED = re.compile(rb"^(\S+_created(?:\{.*\})?) \S+$", re.M)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import HostTarget
-from agent.runner import TargetRunner
-from checks.cpu import CpuCheck
-from checks.memory import MemoryCheck
+from opsagent.checks.cpu import CpuCheck
+from opsagent.checks.memory import MemoryCheck
+from opsagent.config import HostTarget
+from opsagent.runtime.runner import TargetRunner
 from tests.fixtures.http_stub import StubServer
 
 DATA = Path(__file__).parent / "data"
@@ -85,7 +85,7 @@ def test_cgroup_cpu_rate_against_cpu_max(tmp_path: Path, monkeypatch: pytest.Mon
     root = fake_cgroup(tmp_path / "cg", usage_usec=1_000_000)
     check = CpuCheck(HostTarget(cgroup_root=str(root)))
     clock = iter([100.0, 110.0])
-    monkeypatch.setattr("checks.host.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("opsagent.checks.host.time.monotonic", lambda: next(clock))
     check._sampler.cores(1.0)  # first sample at t=100, 1 s of CPU used so far
     fake_cgroup(root, usage_usec=5_000_000)  # 4 s more CPU over 10 s = 0.4 cores
     reading = check.measure()

@@ -148,7 +148,7 @@ def test_a_client_trickling_header_bytes_is_cut_off(start_agent: Start, monkeypa
     """A slowloris client that keeps sending a byte at a time, in the request line or the headers, is disconnected at the header deadline."""
     import time
 
-    from agent.http import Handler
+    from opsagent.web.server import Handler
 
     monkeypatch.setattr(Handler, "header_deadline", 1.0)
     a = start_agent({})
@@ -174,7 +174,7 @@ def test_a_flood_of_silent_connections_is_capped_and_metrics_still_answer(start_
     """Past the connection limit the oldest client still sending its request head is cut off: threads stay bounded, /metrics answers."""
     import threading
 
-    from agent.http import _Server
+    from opsagent.web.server import _Server
 
     monkeypatch.setattr(_Server, "max_connections", 8)
     a = start_agent({})

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import structlog
 
-from agent import logging as agent_logging
-from agent import secrets, sentry
-from agent.config import load_config
-from agent.runner import TargetRunner
-from checks.base import Reading, SimpleCheck
+from opsagent import secrets
+from opsagent.checks.base import Reading, SimpleCheck
+from opsagent.config import load_config
+from opsagent.runtime.runner import TargetRunner
+from opsagent.telemetry import logging as agent_logging
+from opsagent.telemetry import sentry
 from tests.fixtures.agent import poll
 from tests.fixtures.http_stub import StubServer
 

@@ -29,7 +29,7 @@ def test_local_config_starts_and_reports_cpu_and_memory(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSAGENT_")}
     env["OPSAGENT_AGENT__LISTEN"] = f"127.0.0.1:{port}"  # the test must not take the real 9108
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(LOCAL)], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "opsagent", "run", "--config", str(LOCAL)], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

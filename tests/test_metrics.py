@@ -5,9 +5,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from agent.metrics import ResultsCollector
-from agent.results import CheckResult, ResultStore
-from checks.base import Gauge
+from opsagent.checks.base import Gauge
+from opsagent.runtime.results import CheckResult, ResultStore
+from opsagent.telemetry.metrics import ResultsCollector
 
 
 def result(check: str, target: str, value: float | None, at: float, **labels: str) -> CheckResult:
@@ -49,7 +49,7 @@ def test_exposition_rerenders_on_change_and_gzip_follows() -> None:
 
     from prometheus_client import Gauge as PromGauge
 
-    from agent.metrics import Exposition
+    from opsagent.telemetry.metrics import Exposition
 
     registry = CollectorRegistry(auto_describe=False)
     gauge = PromGauge("opsagent_test_value", "test", registry=registry)

@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.alerts.pipeline import AlertPipeline
-from agent.config import Settings
-from agent.results import CheckResult
+from opsagent.alerts.pipeline import AlertPipeline
+from opsagent.config import Settings
+from opsagent.runtime.results import CheckResult
 from tests.fixtures.alertmanager import AlertmanagerServer
 
 
@@ -108,7 +108,7 @@ def test_restarted_alertmanager_learns_firing_alerts_again_from_the_repeat_send(
 def test_target_down_alert_reaches_alertmanager_without_leaking_the_dsn_password(
         alertmanager: AlertmanagerServer, tmp_path: Path) -> None:
     """A target that stops answering pages TargetDown, and the error text in it never shows the DSN password."""
-    from agent import secrets
+    from opsagent import secrets
 
     secrets.register(["postgresql://app:hunter2secret@127.0.0.1:1/app"])
     pipeline = AlertPipeline(_settings(alertmanager.url), tmp_path, backoff_base=0.05)

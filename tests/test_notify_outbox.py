@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.notify.outbox import Outbox
+from opsagent.notify.outbox import Outbox
 
 
 def test_outbox_keeps_order_across_a_restart(tmp_path: Path) -> None:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from agent.alerts.pipeline import AlertPipeline
-from agent.config import Settings
-from agent.notify.base import DeliveryError, post_json
-from agent.results import CheckResult
+from opsagent.alerts.pipeline import AlertPipeline
+from opsagent.config import Settings
+from opsagent.notify.base import DeliveryError, post_json
+from opsagent.runtime.results import CheckResult
 from tests.fixtures.alertmanager import Receiver
 from tests.fixtures.aws import MotoServer
 
@@ -116,7 +116,7 @@ def test_sns_unknown_topic_is_a_permanent_failure(aws: MotoServer, tmp_path: Pat
 def test_http_errors_say_whether_a_retry_can_help(receiver: Receiver) -> None:
     """HTTP 400 from a sink is permanent, 503 is retried, and the webhook URL never appears in the error."""
     url = receiver.url + "/services/T0/B0/verysecretpath"
-    from agent import secrets
+    from opsagent import secrets
 
     secrets.register([url])
     receiver.status = 400
@@ -139,9 +139,9 @@ def test_sentry_gets_alerts_only_when_sentry_alerts_is_on(tmp_path: Path) -> Non
 _SENTRY_SCRIPT = """
 import sys, time
 from pathlib import Path
-from agent.alerts.pipeline import AlertPipeline
-from agent.config import Settings
-from agent.results import CheckResult
+from opsagent.alerts.pipeline import AlertPipeline
+from opsagent.config import Settings
+from opsagent.runtime.results import CheckResult
 s = Settings(checks={"pgbouncer": [{"name": "pool", "dsn": "postgresql://stats@127.0.0.1:1/pgbouncer"}]},
              notify={"sentry_dsn": sys.argv[1], "sentry_alerts": True, "timeout": "3s"})
 p = AlertPipeline(s, Path(sys.argv[2]), backoff_base=0.01)

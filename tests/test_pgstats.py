@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import psycopg
 
-from agent.backup import pgstats
-from agent.backup.manifest import TableStats
+from opsagent.backup import pgstats
+from opsagent.backup.manifest import TableStats
 from tests.fixtures.backup import new_database
 from tests.fixtures.servers import PostgresServer
 
@@ -102,7 +102,7 @@ def test_a_manifest_written_before_methods_reads_as_md5() -> None:
     """Tables in an older manifest carry no method; they load as md5, which is what those checksums are."""
     import json
 
-    from agent.backup.manifest import Manifest
+    from opsagent.backup.manifest import Manifest
 
     raw = {"id": "postgres-main-20260101T000000Z-abcdef", "kind": "postgres", "target": "main", "started": 1.0,
            "finished": 2.0, "size": 3, "compression": "x", "objects": [{"name": "data.dump", "size": 3, "sha256": "0"}],

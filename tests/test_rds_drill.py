@@ -8,11 +8,19 @@ from typing import Any
 import boto3
 from structlog.testing import capture_logs
 
-from agent import aws as aws_clients
-from agent.backup.rds_drill import DRILL_TAG, run_rds_drill
-from agent.backup.snapshots import SnapshotManager
-from agent.config import Settings
-from tests.test_snapshots import PRIMARY, REPLICA, SLOT, FakeTime, InProgress, make_instance, rds
+from opsagent import aws as aws_clients
+from opsagent.backup.rds_drill import DRILL_TAG, run_rds_drill
+from opsagent.backup.snapshots import SnapshotManager
+from opsagent.config import Settings
+from tests.test_snapshots import (
+    PRIMARY,
+    REPLICA,
+    SLOT,
+    FakeTime,
+    InProgress,
+    make_instance,
+    rds,
+)
 
 NOW = SLOT + timedelta(hours=3, minutes=30)
 

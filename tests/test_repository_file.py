@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.backup.errors import BackupError
-from agent.backup.manifest import Manifest, ObjectInfo, new_id
-from agent.backup.repository import FileRepository, open_repository
+from opsagent.backup.errors import BackupError
+from opsagent.backup.manifest import Manifest, ObjectInfo, new_id
+from opsagent.backup.repository import FileRepository, open_repository
 
 
 def _manifest(backup_id: str, info: ObjectInfo, finished: float = 2000.0) -> Manifest:
@@ -99,7 +99,7 @@ def test_an_object_larger_than_the_writeback_step_reads_back_whole(tmp_path: Pat
     import hashlib
     import os
 
-    from agent.backup.repository import WRITEBACK_EVERY
+    from opsagent.backup.repository import WRITEBACK_EVERY
 
     repo = open_repository(f"file://{tmp_path}")
     backup_id = new_id("postgres", "main", 1000.0)

@@ -10,10 +10,10 @@ from typing import Any
 import boto3
 import pytest
 
-from agent.backup.engine import replicate
-from agent.backup.errors import ChecksumMismatch
-from agent.backup.manifest import Manifest, ObjectInfo, new_id
-from agent.backup.repository import PART_SIZE, S3Repository, open_repository
+from opsagent.backup.engine import replicate
+from opsagent.backup.errors import ChecksumMismatch
+from opsagent.backup.manifest import Manifest, ObjectInfo, new_id
+from opsagent.backup.repository import PART_SIZE, S3Repository, open_repository
 from tests.fixtures.aws import MotoServer
 
 PRIMARY = "opsagent-primary"

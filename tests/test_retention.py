@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.backup.retention import PERIODS, Item, keep_for_target, select_deletions
+from opsagent.backup.retention import PERIODS, Item, keep_for_target, select_deletions
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc).timestamp()
 

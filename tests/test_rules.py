@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from agent.alerts.catalog import ALARMS
-from agent.config import Settings
-from agent.rules import render_rules
+from opsagent.alerts.catalog import ALARMS
+from opsagent.config import Settings
+from opsagent.rules import render_rules
 
 RB = "https://rb.example/runbooks/"
 
@@ -161,7 +161,7 @@ def test_rules_export_command_prints_the_rules(tmp_path: Path) -> None:
     """`opsagent rules export --config FILE` prints the rule file for that config and exits 0."""
     config = tmp_path / "opsagent.yaml"
     config.write_text("agent: {name: cli-agent}\nalerts: {HighCPU: {threshold: 0.5}}\n")
-    done = subprocess.run([sys.executable, "-m", "agent", "rules", "export", "--config", str(config)],
+    done = subprocess.run([sys.executable, "-m", "opsagent", "rules", "export", "--config", str(config)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     rules = {r["alert"]: r for r in yaml.safe_load(done.stdout)["groups"][0]["rules"]}

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from agent.alerts.catalog import ALARMS
-from agent.runbooks import list_runbooks, read_runbook, runbook_dir
+from opsagent.alerts.catalog import ALARMS
+from opsagent.runbooks import list_runbooks, read_runbook, runbook_dir
 
 # Runbooks that are procedures, not alarms.
 PROCEDURES = {"DisasterRecovery"}
@@ -52,7 +52,7 @@ def test_read_runbook_accepts_file_names_and_any_case_and_rejects_unknown() -> N
 
 def test_runbook_command_lists_and_prints() -> None:
     """`opsagent runbook` lists every alarm's runbook; `opsagent runbook TargetDown` prints it; unknown exits 2."""
-    run = [sys.executable, "-m", "agent", "runbook"]
+    run = [sys.executable, "-m", "opsagent", "runbook"]
     listing = subprocess.run(run, capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0, listing.stderr
     assert set(ALARMS) <= set(listing.stdout.split())

@@ -7,9 +7,9 @@ import time
 
 from structlog.testing import capture_logs
 
-from agent import secrets
-from agent.runner import TargetRunner
-from checks.base import Reading, SimpleCheck
+from opsagent import secrets
+from opsagent.checks.base import Reading, SimpleCheck
+from opsagent.runtime.runner import TargetRunner
 
 
 class Blocking(SimpleCheck):

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from agent import aws as aws_clients
-from agent.backup.snapshots import (
+from opsagent import aws as aws_clients
+from opsagent.backup.snapshots import (
     MANAGED_TAG,
     SLOT_TAG,
     SOURCE_REGION_TAG,
@@ -22,7 +22,7 @@ from agent.backup.snapshots import (
     SnapshotManager,
     snapshot_id,
 )
-from agent.config import Settings
+from opsagent.config import Settings
 
 PRIMARY = "us-east-1"
 REPLICA = "eu-west-1"
@@ -319,7 +319,7 @@ def test_newest_reports_snapshot_and_replica_times(aws: Any) -> None:
 
 def test_snapshot_errors_never_show_secrets(aws: Any) -> None:
     """An AWS error that echoes a registered secret is scrubbed before it reaches the outcome."""
-    from agent import secrets
+    from opsagent import secrets
 
     secrets.register(["ghost-secret-name"])
     (outcome,) = SnapshotManager(settings(rds_instances=["ghost-secret-name"])).run_slot(SLOT)

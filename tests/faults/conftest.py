@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import logging as agent_logging
+from opsagent.telemetry import logging as agent_logging
 from tests.faults.evidence import LOG_STREAM
 
 HERE = Path(__file__).parent

@@ -20,9 +20,9 @@ import pytest
 import requests
 import yaml
 
-from agent.backup.engine import BackupEngine
-from agent.backup.snapshots import SnapshotManager, snapshot_id
-from agent.config import Settings, load_config
+from opsagent.backup.engine import BackupEngine
+from opsagent.backup.snapshots import SnapshotManager, snapshot_id
+from opsagent.config import Settings, load_config
 from tests.faults.evidence import ADMIN_TOKEN, PG_PASSWORD, figure, record
 from tests.faults.proxy import HttpFaultProxy
 from tests.fixtures.agent import RunningAgent, poll

@@ -21,10 +21,17 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import cli, secrets
-from agent import logging as agent_logging
-from agent.config import ConfigError, Settings, load_config
-from tests.faults.evidence import ADMIN_TOKEN, LOG_STREAM, PG_PASSWORD, SENTRY_KEY, SLACK_PATH, record
+from opsagent import cli, secrets
+from opsagent.config import ConfigError, Settings, load_config
+from opsagent.telemetry import logging as agent_logging
+from tests.faults.evidence import (
+    ADMIN_TOKEN,
+    LOG_STREAM,
+    PG_PASSWORD,
+    SENTRY_KEY,
+    SLACK_PATH,
+    record,
+)
 
 SECRET_TEXTS = (PG_PASSWORD, ADMIN_TOKEN, SENTRY_KEY, SLACK_PATH.rsplit("/", 1)[-1])
 
@@ -186,7 +193,7 @@ def test_hostile_files_exit_2_quickly_without_traceback(tmp_path: Path) -> None:
     for name, text in HOSTILE_FILES.items():
         path = tmp_path / f"{name}.yaml"
         path.write_text(text)
-        proc = subprocess.run([sys.executable, "-m", "agent", "config", "validate", "--config", str(path)],
+        proc = subprocess.run([sys.executable, "-m", "opsagent", "config", "validate", "--config", str(path)],
                               capture_output=True, text=True, timeout=20,
                               env={k: v for k, v in os.environ.items() if not k.startswith("OPSAGENT_")})
         record("cli", proc.stdout + proc.stderr)

@@ -26,11 +26,11 @@ import pytest
 import requests
 import yaml
 
-from agent.backup.engine import BackupEngine
-from agent.backup.repository import open_repository
-from agent.backup.service import BackupService
-from agent.config import Settings, load_config
-from agent.results import ResultStore
+from opsagent.backup.engine import BackupEngine
+from opsagent.backup.repository import open_repository
+from opsagent.backup.service import BackupService
+from opsagent.config import Settings, load_config
+from opsagent.runtime.results import ResultStore
 from tests.faults.evidence import ADMIN_TOKEN, PG_PASSWORD, record
 from tests.faults.proxy import HttpFaultProxy, Rule
 from tests.fixtures.agent import poll
@@ -191,7 +191,7 @@ def test_crash_in_each_phase_loses_nothing_complete_and_recovers(
         rule = proxy.inject("slow", lambda r: r["method"] == "GET" and r["path"].startswith(f"/{REPLICA}/")
                             and r["path"].endswith("data.dump"), times=1, delay=10)
     command = ["drill", "--json"] if phase == "drill" else ["backup", "run", "--json"]
-    proc = subprocess.Popen([sys.executable, "-m", "agent", *command, "--config", str(path)], env=_env(proxy),
+    proc = subprocess.Popen([sys.executable, "-m", "opsagent", *command, "--config", str(path)], env=_env(proxy),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         ready = stall.marker.exists if phase == "dump" else rule.hit.is_set  # type: ignore[union-attr]
@@ -228,7 +228,7 @@ def test_crash_in_each_phase_loses_nothing_complete_and_recovers(
     assert _upload_keys(aws) == [], (report.to_dict(), [(x.method, x.path, x.fault) for x in proxy.seen][-30:])
     assert _backup_dirs(aws) == set(_listed(settings)), "half-written objects survived the next run"
     if phase == "drill":
-        from agent.backup.drill import Drill
+        from opsagent.backup.drill import Drill
 
         reports = Drill(settings).run()
         assert reports and not any(r.failed for r in reports), [r.to_dict() for r in reports]
@@ -242,7 +242,7 @@ def test_sigterm_to_the_daemon_mid_dump_stops_cleanly_and_the_next_slot_runs(
     config = _config(tmp_path, source_db, "postgres")
     config["backup"]["pg_dump_path"] = str(stall.path)
     path, settings = _write(tmp_path, config)
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(path)], env=_env(proxy),
+    proc = subprocess.Popen([sys.executable, "-m", "opsagent", "run", "--config", str(path)], env=_env(proxy),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://{settings.agent.listen}"
     try:

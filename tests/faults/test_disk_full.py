@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from agent.backup.repository import open_repository
+from opsagent.backup.repository import open_repository
 from tests.faults.evidence import ADMIN_TOKEN, PG_PASSWORD, SLACK_PATH, record, records
 from tests.fixtures.agent import RunningAgent, poll
 from tests.fixtures.alertmanager import Receiver

@@ -14,10 +14,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.alerts.pipeline import AlertPipeline
-from agent.config import load_config
-from agent.results import CheckResult
-from tests.faults.evidence import PAGERDUTY_KEY, PG_PASSWORD, REDIS_PASSWORD, SLACK_PATH, record
+from opsagent.alerts.pipeline import AlertPipeline
+from opsagent.config import load_config
+from opsagent.runtime.results import CheckResult
+from tests.faults.evidence import (
+    PAGERDUTY_KEY,
+    PG_PASSWORD,
+    REDIS_PASSWORD,
+    SLACK_PATH,
+    record,
+)
 from tests.faults.proxy import FaultProxy
 from tests.fixtures.agent import poll
 from tests.fixtures.alertmanager import AlertmanagerServer, Receiver

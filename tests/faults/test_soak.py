@@ -27,7 +27,13 @@ import pytest
 import requests
 import yaml
 
-from tests.faults.evidence import PG_PASSWORD, REDIS_PASSWORD, SLACK_PATH, figure, record
+from tests.faults.evidence import (
+    PG_PASSWORD,
+    REDIS_PASSWORD,
+    SLACK_PATH,
+    figure,
+    record,
+)
 from tests.faults.proxy import FaultProxy
 from tests.fixtures.agent import poll
 from tests.fixtures.alertmanager import Receiver
@@ -86,7 +92,7 @@ def test_soak_one_compressed_hour_with_fifty_flapping_targets_keeps_memory_and_f
         url = f"http://{config['agent']['listen']}"
         log = open(tmp_path / "agent.log", "w")
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPSAGENT_")}  # OPSAGENT_SOAK is ours
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(path)], stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", "opsagent", "run", "--config", str(path)], stdout=log,
                                 stderr=subprocess.STDOUT, text=True, env=env)
         poll(lambda: _ok(url + "/readyz"), timeout=60, interval=0.5)
         agent = psutil.Process(proc.pid)

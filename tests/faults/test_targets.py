@@ -22,9 +22,17 @@ import pytest
 import requests
 import yaml
 
-from agent.config import load_config
-from agent.daemon import build_runners
-from tests.faults.evidence import BOUNCER_PASSWORD, PG_PASSWORD, REDIS_PASSWORD, SLACK_PATH, figure, record, records
+from opsagent.config import load_config
+from opsagent.runtime.agent import build_runners
+from tests.faults.evidence import (
+    BOUNCER_PASSWORD,
+    PG_PASSWORD,
+    REDIS_PASSWORD,
+    SLACK_PATH,
+    figure,
+    record,
+    records,
+)
 from tests.faults.proxy import FaultProxy
 from tests.fixtures import pgbouncer as pgb
 from tests.fixtures.agent import RunningAgent, poll
@@ -252,7 +260,7 @@ def test_hung_then_reset_connections_never_crash_the_daemon(
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSAGENT_")}
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(path)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "opsagent", "run", "--config", str(path)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://{listen}"
 

@@ -109,7 +109,7 @@ def _config(tmp_path: Path, slack: Receiver, pagerduty: Receiver, sentry: Sentry
 
 
 def _cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "agent", *args, "--config", str(config)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "opsagent", *args, "--config", str(config)], capture_output=True,
                           text=True, timeout=60, env=_clean_env())
     record("cli", proc.stdout + proc.stderr)
     return proc
@@ -122,7 +122,7 @@ def test_a_secret_laden_daemon_and_cli_run_against_failing_targets(tmp_path: Pat
     config.write_text(yaml.safe_dump(_config(tmp_path, slack, pagerduty, sentry)))
     listen = yaml.safe_load(config.read_text())["agent"]["listen"]
     url = f"http://{listen}"
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)],
+    proc = subprocess.Popen([sys.executable, "-m", "opsagent", "run", "--config", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_env())
     try:
         poll(lambda: _ok(url + "/readyz"), timeout=30, interval=0.2)

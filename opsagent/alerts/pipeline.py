@@ -1,0 +1,424 @@
+"""Where the pure engine meets the disk and the sinks.
+
+``on_result`` evaluates under a lock (pure, fast), persists the alert state
+atomically and appends every transition to each configured sink's durable
+outbox; one worker thread per sink drains its own outbox. Context for the
+responder (top connection holders, worst pools…) is gathered on the transition
+to firing only, outside the lock and with a deadline, so a slow target never
+holds up other targets' evaluation.
+
+Restart safety: the state file records which alerts fire and whether their
+page was handed to the outbox; the outbox itself is on disk. A restarted agent
+therefore neither pages again for an alert already queued nor forgets to send
+the resolution later.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from opsagent import secrets
+from opsagent.alerts.catalog import ALARMS, alarms_for_check
+from opsagent.alerts.engine import (
+    AlertState,
+    EngineConfig,
+    Phase,
+    Rule,
+    Transition,
+    evaluate_result,
+)
+from opsagent.alerts.render import Identity, alert_payload, fingerprint, labels_for
+from opsagent.config import Settings
+from opsagent.notify.base import Sink
+from opsagent.notify.outbox import Outbox, atomic_write
+from opsagent.notify.worker import DeliveryWorker
+from opsagent.runtime.results import CheckResult
+
+log = structlog.get_logger("opsagent.alerts")
+
+STATE_FILE = "alerts.json"
+CONTEXT_TIMEOUT = 5.0  # seconds a context callback may take before the page goes out without it
+
+ContextFn = Callable[[str, str], Mapping[str, Any]]
+StateKey = tuple[str, str, str]
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    """The engine's view of the configuration: effective rules, target intervals, kinds that can be down."""
+    from opsagent.checks import KINDS
+
+    rules = {}
+    for name in ALARMS:
+        eff = settings.alarm(name)
+        rules[name] = Rule(name=name, threshold=eff.threshold, for_seconds=eff.for_seconds, severity=eff.severity,
+                           enabled=eff.enabled, comparison=eff.spec.comparison, field=eff.spec.field)
+    intervals = {(kind, t.name): t.interval for kind, t in settings.checks.targets()}
+    return EngineConfig(rules=rules, intervals=intervals, down_kinds=tuple(KINDS))
+
+
+def identity(settings: Settings) -> Identity:
+    agent = settings.agent
+    generator = agent.external_url or f"http://{agent.listen}/"
+    return Identity(agent=agent.name, runbook_base_url=agent.runbook_base_url, generator_url=generator)
+
+
+def build_sinks(settings: Settings) -> list[Sink]:
+    """Every configured sink, Alertmanager first (it alone gets repeat sends)."""
+    from opsagent.notify.alertmanager import AlertmanagerSink
+    from opsagent.notify.pagerduty import PagerDutySink
+    from opsagent.notify.sentry import SentrySink
+    from opsagent.notify.slack import SlackSink
+    from opsagent.notify.sns import SnsSink
+
+    n = settings.notify
+    sinks: list[Sink] = []
+    if n.alertmanager_url:
+        sinks.append(AlertmanagerSink(n.alertmanager_url, n.repeat_interval, n.timeout))
+    if n.slack_webhook_url is not None:
+        sinks.append(SlackSink(n.slack_webhook_url.get_secret_value(), n.timeout))
+    if n.pagerduty_routing_key is not None:
+        sinks.append(PagerDutySink(n.pagerduty_routing_key.get_secret_value(), n.pagerduty_url, n.timeout))
+    if n.sns_topic_arn:
+        sinks.append(SnsSink(n.sns_topic_arn, n.timeout))
+    if n.sentry_alerts and n.sentry_dsn is not None:
+        sinks.append(SentrySink(n.sentry_dsn.get_secret_value(), n.timeout))
+    return sinks
+
+
+def _reason(result: CheckResult) -> str | None:
+    """Why a result is bad, for the page: the run's error, else a synthetic result's ``details["error"]``."""
+    raw = result.error or result.details.get("error")
+    return secrets.scrub(str(raw))[:500] if raw else None
+
+
+def _key_text(key: StateKey) -> str:
+    return "|".join(key)
+
+
+class AlertPipeline:
+    def __init__(self, settings: Settings, state_dir: Path,
+                 context: Callable[[str, str], Mapping[str, Any]] | None = None,
+                 clock: Callable[[], float] = time.time, *, backoff_base: float = 1.0,
+                 backoff_cap: float = 60.0, context_timeout: float = CONTEXT_TIMEOUT) -> None:
+        self.settings = settings
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.context_fn = context
+        self.clock = clock
+        self.context_timeout = context_timeout
+        self.config = engine_config(settings)
+        self.ident = identity(settings)
+        self.repeat_interval = settings.notify.repeat_interval
+        self._lock = threading.RLock()
+        self._states: dict[StateKey, AlertState] = {}
+        self._contexts: dict[StateKey, dict[str, Any]] = {}
+        self._repeat_sent: dict[StateKey, float] = {}
+        self._up: dict[tuple[str, str], bool] = {}
+        self.sinks = build_sinks(settings)
+        self.outboxes = {s.name: Outbox(self.state_dir / "outbox" / s.name) for s in self.sinks}
+        # Messages an outbox could not take (disk full): kept in order, retried by every tick.
+        self._unsent: dict[str, list[dict[str, Any]]] = {s.name: [] for s in self.sinks}
+        self.workers = {
+            s.name: DeliveryWorker(s, self.outboxes[s.name], clock=clock, backoff_base=backoff_base,
+                                   backoff_cap=backoff_cap)
+            for s in self.sinks
+        }
+        self._load()
+        self._reconcile()
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir / STATE_FILE
+
+    def _load(self) -> None:
+        try:
+            data = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.error("alert_state_unreadable", path=str(self.state_path), error=secrets.scrub(str(exc)))
+            return
+        for raw in data.get("alerts", []):
+            try:
+                state = AlertState.from_dict(raw)
+            except (TypeError, ValueError):
+                continue
+            if state.alertname in ALARMS:
+                self._states[state.key] = state
+        for text, ctx in (data.get("contexts") or {}).items():
+            key = tuple(text.split("|", 2))
+            if len(key) == 3:
+                self._contexts[key] = ctx  # type: ignore[index]
+        log.info("alert_state_loaded", firing=sum(s.phase is Phase.FIRING for s in self._states.values()),
+                 pending=sum(s.phase is Phase.PENDING for s in self._states.values()))
+
+    def _save(self) -> None:
+        data = {
+            "version": 1,
+            "alerts": [s.to_dict() for s in self._states.values() if s.active or s.unknown],
+            "contexts": {_key_text(k): v for k, v in self._contexts.items()},
+        }
+        try:
+            atomic_write(self.state_path, json.dumps(data, sort_keys=True, default=str).encode())
+        except OSError as exc:  # disk full: keep evaluating and paging; the next save retries
+            log.error("alert_state_write_failed", path=str(self.state_path), error=secrets.scrub(str(exc)))
+
+    def _reconcile(self) -> None:
+        """After a restart: page what was never queued; resolve what config no longer alarms on."""
+        from opsagent.checks import KINDS
+
+        configured = set(self.config.intervals)
+        now = self.clock()
+        with self._lock:
+            changed = False
+            for key, state in list(self._states.items()):
+                if state.phase is not Phase.FIRING:
+                    continue
+                rule = self.config.rules[state.alertname]
+                gone = state.check in KINDS and (state.check, state.target) not in configured
+                if not rule.enabled or gone:
+                    resolved = AlertState.from_dict({**state.to_dict(), "resolved_at": now})
+                    if state.notified:
+                        self._enqueue(Transition("resolved", resolved, now))
+                    self._states[key] = AlertState(state.alertname, state.check, state.target,
+                                                   severity=state.severity, last_at=state.last_at)
+                    self._contexts.pop(key, None)
+                    changed = True
+                elif not state.notified:
+                    self._enqueue(Transition("firing", state, now), self._contexts.get(key))
+                    self._mark_notified(key)
+                    changed = True
+            if changed:
+                self._save()
+
+    # -- evaluation ------------------------------------------------------------------------------
+
+    def on_result(self, result: CheckResult) -> None:
+        """Thread-safe. Evaluate (pure engine), persist alert state, enqueue transitions to every configured sink's outbox."""
+        with self._lock:
+            before = {k: self._persisted_view(s) for k, s in self._states.items()
+                      if k[1] == result.check and k[2] == result.target}
+            new_states, transitions = evaluate_result(
+                self._states, self.config, check=result.check, target=result.target, up=result.up,
+                value=result.value, details=result.details, at=result.at,
+                error=_reason(result))
+            for state in new_states:
+                self._states[state.key] = state
+            self._up[(result.check, result.target)] = result.up
+            firing: list[Transition] = []
+            for t in transitions:
+                log.info("alert_" + t.kind, alertname=t.state.alertname, check=t.state.check,
+                         target=t.state.target, value=t.state.value, threshold=t.state.threshold)
+                if t.kind == "firing":
+                    firing.append(t)
+                elif t.state.notified:  # never resolve a page that was never sent
+                    self._enqueue(t, self._contexts.pop(t.state.key, None))
+                    self._repeat_sent.pop(t.state.key, None)
+                else:
+                    self._contexts.pop(t.state.key, None)
+            after = {s.key: self._persisted_view(s) for s in new_states}
+            if transitions or after != {k: v for k, v in before.items() if k in after}:
+                self._save()
+        if not firing:
+            return
+        # Context describes a live target's load; a TargetDown page has nothing to ask the target.
+        contexts = {t.state.key: self._gather_context(t.state.check, t.state.target)
+                    for t in firing if t.state.alertname != "TargetDown"}
+        with self._lock:
+            for t in firing:
+                current = self._states.get(t.state.key)
+                if current is None or current.phase is not Phase.FIRING or current.notified \
+                        or current.firing_since != t.state.firing_since:
+                    continue  # resolved or re-fired meanwhile: the newer transition speaks for it
+                ctx = contexts.get(t.state.key) or {}
+                if ctx:
+                    self._contexts[t.state.key] = ctx
+                self._enqueue(Transition("firing", current, t.at), ctx)
+                self._mark_notified(t.state.key)
+            self._save()
+
+    @staticmethod
+    def _persisted_view(s: AlertState) -> tuple[Any, ...]:
+        return (s.phase, s.pending_since, s.firing_since, s.clear_since, s.notified, s.unknown)
+
+    def _mark_notified(self, key: StateKey) -> None:
+        state = self._states[key]
+        self._states[key] = AlertState.from_dict({**state.to_dict(), "notified": True})
+        self._repeat_sent[key] = self.clock()
+
+    def _gather_context(self, check: str, target: str) -> dict[str, Any]:
+        """Call the context callback with a deadline; a failure or timeout just means no context."""
+        if self.context_fn is None or not alarms_for_check(check):
+            return {}
+        box: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                box["value"] = dict(self.context_fn(check, target) or {})  # type: ignore[misc]
+            except Exception as exc:  # noqa: BLE001 - context is a nicety, never a reason to lose a page
+                box["error"] = f"{type(exc).__name__}: {exc}"
+
+        thread = threading.Thread(target=call, name=f"opsagent-context-{check}-{target}", daemon=True)
+        thread.start()
+        thread.join(self.context_timeout)
+        if thread.is_alive():
+            log.warning("alert_context_timeout", check=check, target=target, timeout=self.context_timeout)
+            return {}
+        if "error" in box:
+            log.warning("alert_context_failed", check=check, target=target, error=secrets.scrub(box["error"]))
+            return {}
+        return secrets.scrub_any(box.get("value", {}))  # type: ignore[no-any-return]
+
+    def _enqueue(self, t: Transition, context: Mapping[str, Any] | None = None) -> None:
+        payload = alert_payload(t.state, t.kind, self.ident, at=t.at, context=context)
+        for name in self.outboxes:
+            self._unsent[name].append(payload)
+            self._flush(name)
+
+    def _flush(self, name: str) -> bool:
+        """Hand this sink's held-back messages to its outbox, oldest first; False while the disk refuses them."""
+        unsent = self._unsent[name]
+        while unsent:
+            try:
+                self.outboxes[name].put(unsent[0])
+            except OSError as exc:
+                log.error("alert_outbox_write_failed", sink=name, waiting=len(unsent), error=secrets.scrub(str(exc)))
+                return False
+            unsent.pop(0)
+        return True
+
+    # -- delivery --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start one delivery worker per configured sink."""
+        for worker in self.workers.values():
+            worker.start()
+
+    def stop(self, timeout: float) -> None:
+        """Stop the workers; returns within ``timeout`` even if a sink hangs (undelivered messages stay on disk)."""
+        deadline = time.monotonic() + timeout
+        for worker in self.workers.values():
+            worker.request_stop()
+        for name, worker in self.workers.items():
+            if not worker.join(deadline - time.monotonic()):
+                log.warning("notify_worker_still_busy", sink=name)
+        with self._lock:
+            self._save()
+
+    def tick(self) -> None:
+        """Re-send firing alerts to Alertmanager every ``notify.repeat_interval`` (it forgets unrefreshed alerts)."""
+        with self._lock:
+            for name in self._unsent:
+                self._flush(name)
+        outbox = self.outboxes.get("alertmanager")
+        if outbox is None:
+            return
+        now = self.clock()
+        with self._lock:
+            if len(outbox) or self._unsent["alertmanager"]:
+                return  # still delivering: the queue already carries fresh state, don't pile up repeats
+            due = [s for k, s in self._states.items()
+                   if s.phase is Phase.FIRING and s.notified
+                   and now - self._repeat_sent.get(k, 0.0) >= self.repeat_interval]
+            if not due:
+                return
+            alerts = [alert_payload(s, "firing", self.ident, at=now, context=self._contexts.get(s.key)) for s in due]
+            outbox.put({"status": "repeat", "alerts": alerts})
+            for s in due:
+                self._repeat_sent[s.key] = now
+
+    # -- views -----------------------------------------------------------------------------------
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Active (pending and firing) alerts for /status: alertname, state, labels, annotations, value, threshold, severity, since (unix), fingerprint."""
+        with self._lock:
+            states = [s for s in self._states.values() if s.active]
+            contexts = dict(self._contexts)
+        now = self.clock()
+        out = []
+        for s in sorted(states, key=lambda s: (s.phase is not Phase.FIRING, s.alertname, s.check, s.target)):
+            payload = alert_payload(s, "firing", self.ident, at=now, context=contexts.get(s.key))
+            out.append({
+                "alertname": s.alertname,
+                "state": s.phase.value,
+                "labels": payload["labels"],
+                "annotations": payload["annotations"],
+                "value": s.value,
+                "threshold": s.threshold,
+                "severity": s.severity,
+                "since": s.firing_since if s.phase is Phase.FIRING else s.pending_since,
+                "fingerprint": payload["fingerprint"],
+                "check": s.check,
+                "target": s.target,
+                "unknown": s.unknown,
+            })
+        return out
+
+    def alarm_state(self, check: str, target: str) -> dict[str, Any]:
+        """For a /status row: {"alert": name|None, "threshold": float|None, "state": "inactive"|"pending"|"firing"|"unknown"}.
+
+        A down target reports TargetDown while that is pending or firing, else its value alarm as "unknown".
+        A kind with several alarms (sqs, bullmq…) reports the one firing (else pending), else its first alarm.
+        """
+        rules = [self.config.rules[spec.name] for spec in alarms_for_check(check)]
+        enabled = [r for r in rules if r.enabled]
+        with self._lock:
+            up = self._up.get((check, target), True)
+            down = self._states.get(("TargetDown", check, target))
+            states = {r.name: self._states.get((r.name, check, target)) for r in enabled}
+        first = enabled[0] if enabled else None
+        threshold = first.threshold if first is not None else None
+        if down is not None and down.active:
+            return {"alert": "TargetDown", "threshold": threshold, "state": down.phase.value}
+        if first is None:
+            return {"alert": None, "threshold": None, "state": "unknown" if not up else "inactive"}
+        for phase in (Phase.FIRING, Phase.PENDING):
+            for rule in enabled:
+                state = states[rule.name]
+                if state is not None and state.phase is phase and not (phase is Phase.PENDING and state.unknown):
+                    return {"alert": rule.name, "threshold": rule.threshold, "state": phase.value}
+        first_state = states[first.name]
+        if not up or (first_state is not None and first_state.unknown):
+            return {"alert": first.name, "threshold": threshold, "state": "unknown"}
+        return {"alert": first.name, "threshold": threshold, "state": "inactive"}
+
+    def collect(self) -> Iterable[Metric]:
+        """A prometheus_client custom collector: alert_firing, notify queue depth, sent and failure counters."""
+        firing = GaugeMetricFamily("opsagent_alert_firing", "1 for every alert currently firing.",
+                                   labels=["alertname", "target", "severity"])
+        with self._lock:
+            seen: set[tuple[str, str, str]] = set()
+            for s in self._states.values():
+                labels = (s.alertname, s.target, s.severity)
+                if s.phase is Phase.FIRING and labels not in seen:
+                    seen.add(labels)
+                    firing.add_metric(list(labels), 1.0)
+        yield firing
+        depth = GaugeMetricFamily("opsagent_notify_queue_depth", "Alert messages waiting in a sink's outbox.",
+                                  labels=["sink"])
+        sent = CounterMetricFamily("opsagent_notify_sent", "Alert messages a sink accepted.", labels=["sink"])
+        failures = CounterMetricFamily("opsagent_notify_failures", "Failed alert delivery attempts.",
+                                       labels=["sink"])
+        for name, worker in self.workers.items():
+            depth.add_metric([name], float(len(self.outboxes[name]) + len(self._unsent[name])))
+            sent.add_metric([name], float(worker.sent))
+            failures.add_metric([name], float(worker.failures))
+        yield depth
+        yield sent
+        yield failures
+
+    def fingerprint_of(self, alertname: str, check: str, target: str) -> str:
+        """The fingerprint an alert for this target has (tests, status links)."""
+        rule = self.config.rules[alertname]
+        state = AlertState(alertname, check, target, severity=rule.severity)
+        return fingerprint(labels_for(state, self.ident.agent))

@@ -1,0 +1,255 @@
+"""What the CLI's backup, restore and drill commands do: print, and return the exit status.
+
+Human output goes to stdout as a table; ``--json`` prints exactly one JSON
+document on stdout. Progress and errors go to stderr. Any failure is one
+scrubbed line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from opsagent import secrets
+from opsagent.backup import engine as eng
+from opsagent.backup import pgdump, pgtools
+from opsagent.backup.drill import Drill, configured_endpoints, rds_drill_enabled
+from opsagent.backup.engine import BackupEngine, describe
+from opsagent.backup.errors import BackupError, NotFound, TargetRefused
+from opsagent.backup.manifest import Manifest, valid_id
+from opsagent.backup.progress import NullReporter, Reporter, TerminalReporter
+from opsagent.backup.repository import Repository
+from opsagent.backup.service import fleet_lock
+from opsagent.config import Settings
+
+LOCK_WAIT_SECONDS = 600.0
+
+
+def _reporter(json_out: bool) -> Reporter:
+    return TerminalReporter(sys.stderr) if not json_out or sys.stderr.isatty() else NullReporter()
+
+
+def _fail(message: str) -> int:
+    print(f"error: {secrets.scrub(message)}", file=sys.stderr)
+    return 1
+
+
+def _guarded(fn: Callable[[], int]) -> int:
+    try:
+        return fn()
+    except BackupError as exc:
+        return _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - the CLI prints one line, never a traceback
+        return _fail(describe(exc))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(n)
+
+
+# -- backup run ----------------------------------------------------------------------------------
+
+
+def backup_run(settings: Settings, *, json_out: bool) -> int:
+    def work() -> int:
+        reporter = _reporter(json_out)
+        lock = fleet_lock(settings, "backup")
+        if not lock.acquire(0):
+            reporter.stage("another agent is running a backup; waiting for it to finish")
+            if not lock.acquire(LOCK_WAIT_SECONDS):
+                return _fail(f"another backup run still holds the fleet lock after {LOCK_WAIT_SECONDS:.0f}s")
+        try:
+            report = BackupEngine(settings, reporter=reporter, exclusive=lock.mechanism != "none").run(None, "manual")
+        finally:
+            lock.release()
+            reporter.finish()
+        report.lock = lock.mechanism
+        if json_out:
+            print(json.dumps(report.to_dict(), indent=2))
+        else:
+            rows = []
+            for o in report.outcomes:
+                replica = {True: "ok", False: "FAILED", None: "-"}[o.replica_ok]
+                rows.append([o.kind, o.target, "ok" if o.ok else "FAILED", o.backup_id or "-", _size(o.size), replica,
+                             o.error or o.replica_error or ""])
+            if rows:
+                print(_table(rows, ["KIND", "TARGET", "BACKUP", "ID", "SIZE", "REPLICA", "ERROR"]))
+            else:
+                print("nothing to back up: backup.postgres, rds_instances and elasticache_clusters are empty")
+            if report.error:
+                print(f"run failed: {report.error}", file=sys.stderr)
+        return 0 if report.ok else 1
+
+    return _guarded(work)
+
+
+# -- backup list / verify ------------------------------------------------------------------------
+
+
+def backup_list(settings: Settings, *, replica: bool, json_out: bool) -> int:
+    def work() -> int:
+        if replica:
+            repo = eng.replica_repository(settings)
+            if repo is None:
+                return _fail("no replica repository configured; set backup.replica")
+        else:
+            repo = eng.primary_repository(settings)
+        manifests = repo.list()
+        replicated: set[str] | None = None
+        other = eng.replica_repository(settings) if not replica else None
+        if other is not None:
+            try:
+                replicated = {m.id for m in other.list()}
+            except Exception:  # noqa: BLE001 - listing the primary must not depend on the replica answering
+                replicated = None
+        items = []
+        for m in manifests:
+            item = m.summary()
+            item["repository"] = repo.url
+            if replicated is not None:
+                item["replicated"] = m.id in replicated
+            items.append(item)
+        if json_out:
+            print(json.dumps(items, indent=2))
+            return 0
+        if not items:
+            print(f"no complete backups in {repo.url}")
+            return 0
+        header = ["ID", "KIND", "TARGET", "TIME", "SIZE", "CHECKSUM", "VERIFIED"]
+        rows = [[i["id"], i["kind"], i["target"], i["time"], _size(i["size"]), i["checksum"][:16],
+                 "yes" if i["verified"] else "no"] for i in items]
+        if replicated is not None:
+            header.append("REPLICATED")
+            for row, i in zip(rows, items):
+                row.append("yes" if i["replicated"] else "no")
+        print(_table(rows, header))
+        return 0
+
+    return _guarded(work)
+
+
+def _locate(settings: Settings, backup_id: str) -> list[tuple[str, Repository, Manifest]]:
+    """Where a complete backup with this id lives; an unreachable primary (region down) is skipped."""
+    if not valid_id(backup_id):
+        raise NotFound(f"{backup_id!r} is not a backup id; ids look like postgres-main-20260101T000000Z-1a2b3c "
+                       "(see `opsagent backup list`)")
+    found = []
+    unreachable = []
+    for where, make in (("primary", lambda: eng.primary_repository(settings) if settings.backup.repository else None),
+                        ("replica", lambda: eng.replica_repository(settings))):
+        try:
+            repo = make()
+            manifest = repo.manifest(backup_id) if repo is not None else None
+        except Exception as exc:  # noqa: BLE001 - during a regional outage the other copy still counts
+            unreachable.append(f"{where}: {describe(exc)}")
+            continue
+        if repo is not None and manifest is not None:
+            found.append((where, repo, manifest))
+    if not found:
+        extra = f" (unreachable: {'; '.join(unreachable)})" if unreachable else ""
+        raise NotFound(f"no complete backup with id {backup_id!r} in the primary or replica repository{extra} "
+                       "(see `opsagent backup list`)")
+    for line in unreachable:
+        print(f"warning: {line}", file=sys.stderr)
+    return found
+
+
+def backup_verify(settings: Settings, backup_id: str) -> int:
+    def work() -> int:
+        reporter = TerminalReporter(sys.stderr)
+        damaged = False
+        for where, repo, manifest in _locate(settings, backup_id):
+            reporter.stage(f"verifying {backup_id} in the {where} repository", manifest.size)
+            problems = pgdump.verify_object(repo, manifest, progress=reporter.advance)
+            reporter.finish()
+            if problems:
+                damaged = True
+                print(f"{where} ({repo.url}): DAMAGED")
+                for p in problems:
+                    print(f"  {p}")
+            else:
+                print(f"{where} ({repo.url}): intact ({len(manifest.objects)} object(s), {_size(manifest.size)})")
+        return 1 if damaged else 0
+
+    return _guarded(work)
+
+
+# -- restore -------------------------------------------------------------------------------------
+
+
+def restore(settings: Settings, backup_id: str, target_dsn: str, *, force: bool) -> int:
+    def work() -> int:
+        try:
+            destination = pgtools.endpoint(target_dsn)
+        except Exception as exc:  # noqa: BLE001
+            return _fail(f"--target is not a PostgreSQL DSN: {describe(exc)}")
+        if destination in configured_endpoints(settings) and not force:
+            host, port, db = destination
+            raise TargetRefused(f"{host}:{port}/{db} is a configured target; restoring would overwrite it. "
+                                "Restore elsewhere, or pass --force if that is really what you want")
+        where, repo, manifest = _locate(settings, backup_id)[0]
+        if manifest.kind != "postgres":
+            return _fail(f"backup {backup_id} is a {manifest.kind} backup; only pg_dump backups restore with this command")
+        obj = manifest.objects[0]
+        reporter = TerminalReporter(sys.stderr)
+        reporter.stage(f"restoring {backup_id} from the {where} repository into {secrets.mask_url(target_dsn)}", obj.size)
+        result = pgdump.restore_stream(repo.read(manifest.id, obj.name), target_dsn,
+                                       tool_override=settings.backup.pg_dump_path, progress=reporter.advance)
+        reporter.finish()
+        if result.sha256 != obj.sha256:
+            return _fail(f"backup {backup_id} is damaged (object {obj.name} SHA-256 differs from the manifest); "
+                         "the restore is incomplete — restore another backup" +
+                         (f"; {result.pg_restore_error}" if result.pg_restore_error else ""))
+        if result.pg_restore_error:
+            return _fail(result.pg_restore_error)
+        print(f"restored {backup_id} ({_size(obj.size)}) into {secrets.mask_url(target_dsn)}")
+        return 0
+
+    return _guarded(work)
+
+
+# -- drill ---------------------------------------------------------------------------------------
+
+
+def drill(settings: Settings, *, json_out: bool) -> int:
+    def work() -> int:
+        b = settings.backup
+        if not (b.postgres and b.drill_dsn) and not rds_drill_enabled(settings):
+            return _fail("nothing to drill: set backup.drill_dsn (and backup.postgres), "
+                         "or backup.rds_drill with backup.rds_instances")
+        reporter = _reporter(json_out)
+        lock = fleet_lock(settings, "drill")
+        if not lock.acquire(LOCK_WAIT_SECONDS):
+            return _fail("another agent is running a drill")
+        try:
+            reports = Drill(settings, reporter=reporter).run()
+        finally:
+            lock.release()
+            reporter.finish()
+        passed = bool(reports) and not any(r.failed for r in reports)
+        if json_out:
+            doc: dict[str, Any] = {"passed": passed, "rto_seconds": b.rto, "drills": [r.to_dict() for r in reports]}
+            print(json.dumps(doc, indent=2))
+        else:
+            rows = [[r.kind, r.target, "passed" if not r.failed else "FAILED", r.backup_id or "-",
+                     f"{r.duration_seconds:.1f}s", f"{r.rto_seconds:.0f}s",
+                     r.error or ("" if r.within_rto else "slower than the RTO")] for r in reports]
+            print(_table(rows, ["KIND", "TARGET", "DRILL", "BACKUP", "TOOK", "RTO", "ERROR"]))
+        return 0 if passed else 1
+
+    return _guarded(work)

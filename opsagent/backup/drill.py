@@ -1,0 +1,232 @@
+"""The PostgreSQL restore drill: prove the newest replica backup restores, and how fast.
+
+Restore into a fresh scratch database named ``opsagent_drill_<utc stamp>_<hex>``
+on ``backup.drill_dsn`` (the DSN names a server and a maintenance database; the
+drill only ever writes into the scratch database it creates), compare the
+restored tables with the row counts and checksums recorded at backup time, time
+it against ``backup.rto``, and drop the scratch database in ``finally``.
+Scratch databases left by a killed drill carry the prefix and are dropped by the
+next drill before it starts.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as _random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import structlog
+from psycopg import sql
+
+from opsagent.backup import pgdump, pgstats, pgtools
+from opsagent.backup.engine import describe, primary_repository, replica_repository
+from opsagent.backup.errors import BackupError, TargetRefused
+from opsagent.backup.manifest import Manifest, iso
+from opsagent.backup.progress import NullReporter, Reporter
+from opsagent.config import Settings
+
+log = structlog.get_logger("opsagent.backup")
+
+SCRATCH_PREFIX = "opsagent_drill_"
+LAST_DRILL = "last_drill.json"
+
+
+@dataclass
+class DrillReport:
+    target: str
+    ok: bool
+    error: str | None
+    started: float
+    finished: float
+    duration_seconds: float
+    rto_seconds: float
+    backup_id: str | None = None
+    backup_time: float | None = None
+    source: str | None = None  # which repository the backup came from
+    scratch_database: str | None = None
+    tables: int = 0
+    kind: str = "postgres"
+
+    @property
+    def within_rto(self) -> bool:
+        return self.duration_seconds <= self.rto_seconds
+
+    @property
+    def failed(self) -> bool:
+        return not self.ok or not self.within_rto
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(within_rto=self.within_rto, passed=not self.failed, finished_at=iso(self.finished))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DrillReport:
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def configured_endpoints(settings: Settings) -> set[tuple[str, int, str]]:
+    """(host, port, dbname) of every configured database target: never a restore destination."""
+    out = set()
+    for target in list(settings.checks.postgres) + list(settings.checks.pgbouncer):
+        try:
+            out.add(pgtools.endpoint(target.dsn.get_secret_value()))
+        except Exception:  # noqa: BLE001, S112 - an unparsable DSN cannot match anything
+            continue
+    return out
+
+
+def rds_drill_enabled(settings: Settings) -> bool:
+    """The RDS snapshot drill (the snapshot engineer's) runs when asked for and RDS ids are configured."""
+    return bool(getattr(settings.backup, "rds_drill", False) and settings.backup.rds_instances)
+
+
+def drop_leftovers(admin_dsn: str) -> list[str]:
+    """Drop scratch databases a killed drill left behind (they all carry the prefix)."""
+    conn = pgtools.connect(admin_dsn)
+    try:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", (SCRATCH_PREFIX.replace("_", r"\_") + "%",)
+        ).fetchall()
+        names = [str(r[0]) for r in rows]
+        for name in names:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            log.info("drill_leftover_dropped", database=name)
+        return names
+    finally:
+        conn.close()
+
+
+def scratch_name(now: float) -> str:
+    stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%d%H%M%S")
+    return f"{SCRATCH_PREFIX}{stamp}_{_random.token_hex(3)}"
+
+
+class Drill:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time, reporter: Reporter | None = None,
+                 on_proc: pgdump.ProcHook | None = None, stop: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.reporter = reporter or NullReporter()
+        self.on_proc = on_proc
+        self.stop = stop or threading.Event()
+
+    def run(self) -> list[DrillReport]:
+        """One drill per postgres backup target, plus the RDS drill when RDS is configured; never raises."""
+        b = self.settings.backup
+        reports: list[DrillReport] = []
+        if b.postgres and (b.drill_dsn is not None or not rds_drill_enabled(self.settings)):
+            leftovers_done = False
+            for target in b.postgres:
+                if self.stop.is_set():
+                    break
+                started = self.clock()
+                report = DrillReport(target=target, ok=False, error=None, started=started, finished=started,
+                                     duration_seconds=0.0, rto_seconds=b.rto)
+                try:
+                    if b.drill_dsn is None:
+                        raise BackupError("backup.drill_dsn is not set; name a server where drills may create "
+                                          "scratch databases")
+                    if not leftovers_done:
+                        drop_leftovers(b.drill_dsn.get_secret_value())
+                        leftovers_done = True
+                    self._postgres(target, report)
+                    report.ok = True
+                except Exception as exc:  # noqa: BLE001 - a drill reports; it never crashes the agent
+                    report.error = describe(exc)
+                    log.error("drill_failed", target=target, error=report.error)
+                report.finished = self.clock()
+                report.duration_seconds = report.finished - started
+                if report.ok and not report.within_rto:
+                    log.warning("drill_exceeded_rto", target=target, duration=report.duration_seconds, rto=b.rto)
+                reports.append(report)
+        if rds_drill_enabled(self.settings) and not self.stop.is_set():
+            reports.extend(self._rds())
+        if self.stop.is_set():
+            # Shutdown is not a failed drill; the scratch database is dropped by the next drill.
+            log.warning("drill_interrupted")
+            return []
+        self._publish(reports)
+        return reports
+
+    def _newest(self, target: str, report: DrillReport) -> tuple[Any, Manifest]:
+        replica = replica_repository(self.settings)
+        repo = replica if replica is not None else primary_repository(self.settings)
+        report.source = repo.url
+        candidates = [m for m in repo.list() if m.kind == "postgres" and m.target == target and m.verified]
+        if not candidates:
+            where = "replica" if replica is not None else "primary"
+            raise BackupError(f"no verified backup of {target} in the {where} repository {repo.url}")
+        return repo, max(candidates, key=lambda m: m.finished)
+
+    def _postgres(self, target: str, report: DrillReport) -> None:
+        admin_dsn = self.settings.backup.drill_dsn.get_secret_value()  # type: ignore[union-attr]
+        repo, manifest = self._newest(target, report)
+        report.backup_id, report.backup_time = manifest.id, manifest.finished
+        name = scratch_name(self.clock())
+        host, port, _ = pgtools.endpoint(admin_dsn)
+        if (host, port, name) in configured_endpoints(self.settings):
+            raise TargetRefused(f"scratch database {name} on {host}:{port} is a configured target; refusing to drill")
+        report.scratch_database = name
+        admin = pgtools.connect(admin_dsn)
+        try:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            log.info("drill_started", target=target, backup_id=manifest.id, scratch_database=name)
+            obj = manifest.objects[0]
+            self.reporter.stage(f"restoring {manifest.id} into scratch database {name}", obj.size)
+            result = pgdump.restore_stream(repo.read(manifest.id, obj.name), admin_dsn, dbname=name,
+                                           tool_override=self.settings.backup.pg_dump_path,
+                                           progress=self.reporter.advance, on_proc=self.on_proc)
+            if result.sha256 != obj.sha256 or result.size != obj.size:
+                raise BackupError(
+                    f"backup {manifest.id} is damaged in {repo.url}: object {obj.name} has SHA-256 "
+                    f"{result.sha256[:16]}… ({result.size} bytes), the manifest recorded {obj.sha256[:16]}… "
+                    f"({obj.size} bytes)" + (f"; {result.pg_restore_error}" if result.pg_restore_error else "")
+                )
+            if result.pg_restore_error:
+                raise BackupError(f"restore of {manifest.id} failed: {result.pg_restore_error}")
+            self.reporter.stage(f"verifying {len(manifest.tables)} tables against the backup's record")
+            problems = pgstats.compare(manifest.tables, pgdump.stats_of(
+                admin_dsn, dbname=name, methods={table: stats.method for table, stats in manifest.tables.items()}))
+            if problems:
+                raise BackupError(f"restored {manifest.id} does not match what was backed up: " + "; ".join(problems[:5]))
+            report.tables = len(manifest.tables)
+        finally:
+            try:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            except Exception as exc:  # noqa: BLE001 - the next drill drops it by prefix
+                log.warning("drill_scratch_drop_failed", database=name, error=describe(exc))
+            admin.close()
+
+    def _rds(self) -> list[DrillReport]:
+        b = self.settings.backup
+        now = datetime.fromtimestamp(self.clock(), timezone.utc)
+        try:
+            from opsagent.backup.rds_drill import run_rds_drill
+
+            self.reporter.stage("RDS restore drill")
+            out = run_rds_drill(self.settings, now)
+            return [DrillReport(target=out.target, ok=out.ok, error=out.error, started=out.started,
+                                finished=out.finished, duration_seconds=out.duration_seconds, rto_seconds=b.rto,
+                                kind="rds")]
+        except Exception as exc:  # noqa: BLE001
+            error = describe(exc)
+            log.error("drill_failed", target=b.rds_instances[0], error=error)
+            at = self.clock()
+            return [DrillReport(target=b.rds_instances[0], ok=False, error=error, started=at, finished=at,
+                                duration_seconds=0.0, rto_seconds=b.rto, kind="rds")]
+
+    def _publish(self, reports: list[DrillReport]) -> None:
+        if not reports:
+            return
+        try:
+            primary_repository(self.settings).put_state(
+                LAST_DRILL, json.dumps([r.to_dict() for r in reports]).encode())
+        except Exception as exc:  # noqa: BLE001
+            log.warning("drill_state_write_failed", error=describe(exc))

@@ -1,0 +1,132 @@
+"""Redis: ``used_memory`` against ``maxmemory`` from one ``INFO`` call.
+
+``maxmemory`` is read from ``INFO memory``, never ``CONFIG GET``, because
+ElastiCache disables ``CONFIG``. When ``maxmemory`` is 0 (no limit) Redis can
+grow until the host runs out, so the basis becomes ``total_system_memory`` and
+the details say so: in a container that is the host's memory, not the task's.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from opsagent.checks.base import CheckError, Gauge, Reading
+from opsagent.config import RedisTarget
+
+# redis-py 8 replaced lib_name/lib_version with driver_info; None in either disables CLIENT SETINFO.
+_NO_SETINFO: dict[str, Any] = (
+    {"driver_info": None} if "driver_info" in inspect.signature(redis.Redis.__init__).parameters
+    else {"lib_name": None, "lib_version": None}
+)
+
+BASIS_MAXMEMORY = "maxmemory"
+BASIS_SYSTEM = "system memory (maxmemory is 0)"
+
+# INFO field -> (metric name, help). Missing optional fields are skipped quietly.
+GAUGES: dict[str, tuple[str, str]] = {
+    "used_memory": ("opsagent_redis_used_memory_bytes", "memory allocated by Redis"),
+    "used_memory_rss": ("opsagent_redis_used_memory_rss_bytes", "resident set size of the Redis process"),
+    "maxmemory": ("opsagent_redis_maxmemory_bytes", "maxmemory setting (0 = no limit)"),
+    "total_system_memory": ("opsagent_redis_system_memory_bytes", "memory of the host Redis runs on"),
+    "evicted_keys": ("opsagent_redis_evicted_keys", "keys evicted since Redis started (a counter)"),
+    "expired_keys": ("opsagent_redis_expired_keys", "keys expired since Redis started (a counter)"),
+    "connected_clients": ("opsagent_redis_connected_clients", "client connections"),
+    "blocked_clients": ("opsagent_redis_blocked_clients", "clients blocked in a blocking call"),
+    "mem_fragmentation_ratio": ("opsagent_redis_memory_fragmentation_ratio", "used_memory_rss / used_memory"),
+}
+
+# Shown on a page when RedisMemoryHigh fires (INFO memory fields).
+CONTEXT_FIELDS = (
+    "used_memory_human", "used_memory_peak_human", "used_memory_rss_human", "used_memory_dataset",
+    "used_memory_overhead", "used_memory_scripts", "mem_fragmentation_ratio", "maxmemory_human",
+    "maxmemory_policy", "total_system_memory_human", "mem_clients_normal", "mem_replication_backlog",
+)
+
+
+def memory_ratio(info: Mapping[str, Any]) -> tuple[float, str, int]:
+    """(used / basis, basis name, basis bytes); CheckError if the answer lacks the core fields."""
+    try:
+        used = int(info["used_memory"])
+        maxmemory = int(info["maxmemory"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckError("INFO has no usable used_memory/maxmemory fields; is this a Redis server?") from None
+    if maxmemory > 0:
+        return used / maxmemory, BASIS_MAXMEMORY, maxmemory
+    system = int(info.get("total_system_memory") or 0)
+    if system <= 0:
+        raise CheckError("maxmemory is 0 and INFO reports no total_system_memory; set maxmemory to measure usage")
+    return used / system, BASIS_SYSTEM, system
+
+
+class RedisCheck:
+    """Memory used against maxmemory, evictions, hit ratio, clients."""
+
+    kind: ClassVar[str] = "redis"
+
+    def __init__(self, target: RedisTarget) -> None:
+        self.target = target
+        deadline = target.deadline
+        # No retries: one attempt per run; a slow or dead server is the runner's
+        # business, and retries would multiply the socket timeouts past the deadline.
+        # No CLIENT SETNAME/SETINFO on connect: a least-privilege ACL user (+info
+        # only) must be able to run this check.
+        self._client = redis.Redis.from_url(
+            target.url.get_secret_value(),
+            socket_timeout=max(0.5, deadline * 0.8),
+            socket_connect_timeout=max(0.5, min(5.0, deadline * 0.8)),
+            retry=Retry(NoBackoff(), 0),
+            **_NO_SETINFO,
+            single_connection_client=True,
+            health_check_interval=0,
+        )
+        self._last_evicted: int | None = None
+
+    def measure(self) -> Reading:
+        info: dict[str, Any] = self._client.info()
+        ratio, basis, basis_bytes = memory_ratio(info)
+        used = int(info["used_memory"])
+        hits = int(info.get("keyspace_hits", 0))
+        misses = int(info.get("keyspace_misses", 0))
+        evicted = int(info.get("evicted_keys", 0))
+        since_last = None if self._last_evicted is None or evicted < self._last_evicted else evicted - self._last_evicted
+        self._last_evicted = evicted
+        details: dict[str, Any] = {
+            "used_memory_bytes": used,
+            "maxmemory_bytes": int(info["maxmemory"]),
+            "memory_basis": basis,
+            "memory_basis_bytes": basis_bytes,
+            "usage": f"{used} of {basis_bytes} bytes ({ratio:.1%} of {basis})",
+            "maxmemory_policy": info.get("maxmemory_policy"),
+            "evicted_keys": evicted,
+            "evicted_keys_since_last_check": since_last,
+            "keyspace_hits": hits,
+            "keyspace_misses": misses,
+            "keyspace_hit_ratio": round(hits / (hits + misses), 6) if hits + misses else None,
+            "connected_clients": int(info.get("connected_clients", 0)),
+            "redis_version": info.get("redis_version"),
+        }
+        gauges = [Gauge(metric, float(info[field]), help=text)
+                  for field, (metric, text) in GAUGES.items() if _is_number(info.get(field))]
+        if details["keyspace_hit_ratio"] is not None:
+            gauges.append(Gauge("opsagent_redis_keyspace_hit_ratio", details["keyspace_hit_ratio"],
+                                help="keyspace hits / (hits + misses) since Redis started"))
+        return Reading(value=ratio, details=details, gauges=tuple(gauges), source="INFO")
+
+    def context(self) -> Mapping[str, Any]:
+        """Where the memory goes and what Redis does when it is full."""
+        info: dict[str, Any] = self._client.info("memory")
+        return {"memory": {k: info[k] for k in CONTEXT_FIELDS if k in info},
+                "eviction_policy": info.get("maxmemory_policy")}
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

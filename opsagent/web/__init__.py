@@ -1,0 +1,1 @@
+"""HTTP: /metrics /healthz /readyz /status / over a narrow view of the agent."""
