@@ -35,12 +35,15 @@ from opsagent.alerts.engine import (
     Transition,
     evaluate_result,
 )
+from opsagent.alerts.history import AlertEvent, AlertHistory
 from opsagent.alerts.render import Identity, alert_payload, fingerprint, labels_for
 from opsagent.config import Settings
 from opsagent.notify.base import Sink
-from opsagent.notify.outbox import Outbox, atomic_write
+from opsagent.notify.outbox import Outbox
+from opsagent.notify.stats import SinkStats
 from opsagent.notify.worker import DeliveryWorker
 from opsagent.runtime.results import CheckResult
+from opsagent.textio import atomic_write
 
 log = structlog.get_logger("opsagent.alerts")
 
@@ -131,6 +134,7 @@ class AlertPipeline:
                                    backoff_cap=backoff_cap)
             for s in self.sinks
         }
+        self._history = AlertHistory(self.state_dir)
         self._load()
         self._reconcile()
 
@@ -281,9 +285,21 @@ class AlertPipeline:
 
     def _enqueue(self, t: Transition, context: Mapping[str, Any] | None = None) -> None:
         payload = alert_payload(t.state, t.kind, self.ident, at=t.at, context=context)
+        self._remember(t, payload["annotations"]["description"])
         for name in self.outboxes:
             self._unsent[name].append(payload)
             self._flush(name)
+
+    def _remember(self, t: Transition, description: str) -> None:
+        """Every page that goes out (fired or resolved) joins the history the status page shows."""
+        s = t.state
+        fired_at = s.firing_since
+        self._history.record(AlertEvent(
+            at=t.at, kind="fired" if t.kind == "firing" else "resolved", alertname=s.alertname, check=s.check,
+            target=s.target, severity=s.severity,
+            since=s.pending_since if t.kind == "firing" else fired_at,
+            duration_seconds=(t.at - fired_at) if t.kind == "resolved" and fired_at is not None else None,
+            description=description.split("\n", 1)[0]))
 
     def _flush(self, name: str) -> bool:
         """Hand this sink's held-back messages to its outbox, oldest first; False while the disk refuses them."""
@@ -391,6 +407,18 @@ class AlertPipeline:
         if not up or (first_state is not None and first_state.unknown):
             return {"alert": first.name, "threshold": threshold, "state": "unknown"}
         return {"alert": first.name, "threshold": threshold, "state": "inactive"}
+
+    def history(self, limit: int = 100) -> list[AlertEvent]:
+        """The newest alert transitions, newest first (persisted in ``state_dir``)."""
+        return self._history.recent(limit)
+
+    def delivery(self) -> list[SinkStats]:
+        """Per configured sink: queued, sent, failed attempts and the last error."""
+        with self._lock:
+            unsent = {name: len(items) for name, items in self._unsent.items()}
+        return [SinkStats(sink=name, queued=len(self.outboxes[name]) + unsent.get(name, 0), sent=worker.sent,
+                          failed=worker.failures, last_error=worker.last_error, last_sent_at=worker.last_sent_at)
+                for name, worker in self.workers.items()]
 
     def collect(self) -> Iterable[Metric]:
         """A prometheus_client custom collector: alert_firing, notify queue depth, sent and failure counters."""

@@ -40,6 +40,7 @@ class DeliveryWorker:
         self.sent = 0
         self.failures = 0
         self.last_error: str | None = None
+        self.last_sent_at: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -82,6 +83,7 @@ class DeliveryWorker:
                 self.sent += 1  # counted before the ack so "queue empty" implies the count is final
                 self.outbox.ack(seq)
                 self.last_error = None
+                self.last_sent_at = self.clock()
                 log.info("alert_delivered", sink=self.sink.name, status=message.get("status"),
                          alertname=(message.get("labels") or {}).get("alertname"),
                          fingerprint=message.get("fingerprint"))
