@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= deploy/local.yaml
 
-.PHONY: run test services bench soak clean
+.PHONY: run test lint services bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ run: $(VENV)/.runtime
 services:
 	scripts/ensure-services.sh
 
-test: $(VENV)/.dev services
+lint: $(VENV)/.dev
+	$(BIN)/ruff check opsagent tests benchmarks
+	$(BIN)/mypy
+
+test: $(VENV)/.dev services lint
 	$(BIN)/pytest -q
 
 $(VENV)/.bench: pyproject.toml | $(BIN)/python

@@ -167,7 +167,7 @@ def test_a_target_without_queues_is_a_config_error() -> None:
     """A bullmq target must name at least one queue; the error names the key."""
     with pytest.raises(ConfigError) as info:
         load_config(None, env={"OPSAGENT_CHECKS__BULLMQ": '[{"name": "jobs", "url": "redis://127.0.0.1:6379/0", "queues": []}]'})
-    assert any("opsagent.checks.bullmq[0].queues" in p for p in info.value.problems)
+    assert any("checks.bullmq[0].queues" in p for p in info.value.problems)
 
 
 def test_a_recent_failure_fires_the_failed_jobs_alarm_through_the_engine(bull_redis: RedisServer, r: redis.Redis) -> None:
