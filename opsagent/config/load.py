@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,12 @@ def _check_environment(env: dict[str, str]) -> list[str]:
     return problems
 
 
-def resolve_config_path(explicit: str | None, env: dict[str, str] | None = None) -> Path | None:
-    env = os.environ if env is None else env
+def resolve_config_path(explicit: str | None, env: Mapping[str, str] | None = None) -> Path | None:
+    environ: Mapping[str, str] = os.environ if env is None else env
     if explicit:
         return Path(explicit)
-    if env.get(CONFIG_ENV):
-        return Path(env[CONFIG_ENV])
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
     default = Path(DEFAULT_CONFIG_FILE)
     return default if default.exists() else None
 

@@ -7,6 +7,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic_core import ErrorDetails
+
 from opsagent import secrets
 from opsagent.config.models import _NAME_FORM, ENV_PREFIX
 
@@ -65,7 +67,7 @@ _SECRET_KEYS = {"admin_token", "dsn", "url", "slack_webhook_url", "pagerduty_rou
                 "lock_dsn"}
 
 
-def _describe(error: dict[str, Any]) -> tuple[str, str]:
+def _describe(error: ErrorDetails) -> tuple[str, str]:
     """(the key, what is wrong with it) for one pydantic error; the key is empty when the text names it."""
     kind = error["type"]
     key = _loc(tuple(error["loc"]), last_is_key=kind == "invalid_key")
@@ -81,7 +83,7 @@ def _describe(error: dict[str, Any]) -> tuple[str, str]:
     hidden = key.rsplit(".", 1)[-1] in _SECRET_KEYS or "@" in str(raw) or "://" in str(raw)
     if kind == "string_pattern_mismatch":
         value = "the value" if hidden else repr(raw)
-        if key.endswith("name") or ".postgres[" in key and key.startswith("backup"):
+        if key.endswith("name") or (".postgres[" in key and key.startswith("backup")):
             return key, f"{value} is not a valid name; expected {_NAME_FORM}"
         if key.endswith("sns_topic_arn"):
             return key, f"{value} is not an SNS topic ARN; expected arn:aws:sns:REGION:ACCOUNT:NAME"
@@ -140,7 +142,7 @@ def _raw_secrets(data: dict[str, Any], env: Mapping[str, str]) -> tuple[str, ...
     return tuple(sorted(found, key=len, reverse=True))
 
 
-def _problem(error: dict[str, Any], raw_secrets: tuple[str, ...]) -> str:
+def _problem(error: ErrorDetails, raw_secrets: tuple[str, ...]) -> str:
     """One problem line; what follows the key never shows a secret (known, in a URL, or at a secret key)."""
     key, rest = _describe(error)
     for value in raw_secrets:  # after the key only, so a short secret never mangles a key name
