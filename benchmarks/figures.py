@@ -325,7 +325,7 @@ def figure_check_cost(ctx: Ctx) -> None:
         for kind, runner, bare in (("postgres", pg_runner, bare_pg), ("pgbouncer", bouncer_runner, bare_bouncer),
                                    ("redis", redis_runner, bare_redis)):
             runner.run()  # creates the check and its connection
-            def agent_round(r: TargetRunner = runner) -> None:
+            def agent_round(r: TargetRunner = runner, kind: str = kind) -> None:
                 result = r.run()
                 if not result.up:
                     raise RuntimeError(f"{kind} check down: {result.error}")
@@ -615,7 +615,7 @@ def figure_backup(ctx: Ctx) -> None:
             samples: list[float] = []
             stop = threading.Event()
 
-            def sample() -> None:
+            def sample(stop: threading.Event = stop, samples: list[float] = samples) -> None:
                 while not stop.is_set():
                     samples.append(h.rss_mib(agent.pid))
                     stop.wait(0.05)
@@ -626,7 +626,7 @@ def figure_backup(ctx: Ctx) -> None:
             status, _ = _post(agent.port, "/backup", "bench-token")
             if status != 202:
                 raise RuntimeError(f"POST /backup answered {status}")
-            h.wait_for(lambda: h.scrape_value(agent.metrics(), "opsagent_backup_last_success_timestamp_seconds")
+            h.wait_for(lambda before=before: h.scrape_value(agent.metrics(), "opsagent_backup_last_success_timestamp_seconds")
                        != before, 1800, 0.2, "backup finished")
             wall = time.monotonic() - t0
             stop.set()

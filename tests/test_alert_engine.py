@@ -154,7 +154,7 @@ def test_field_alarm_compares_the_named_detail() -> None:
 
 def test_stale_out_of_order_result_is_ignored() -> None:
     """A result older than the last one seen does not move an alert backwards."""
-    states, ts = _run(_config(), [(0, True, 0.9), (300, True, 0.9), (100, True, 0.1), (101, True, 0.1)])
+    states, _ = _run(_config(), [(0, True, 0.9), (300, True, 0.9), (100, True, 0.1), (101, True, 0.1)])
     assert states[("RedisMemoryHigh", "redis", "cache")].phase is Phase.FIRING
 
 
@@ -219,7 +219,7 @@ def test_transitions_follow_for_and_hysteresis(steps: list[tuple[int, bool]], fo
         elif not firing:
             assert not (breach and at - (run_start or at) >= for_seconds and run_start is not None), "missed a firing"
         else:
-            assert breach or interval > 0 and at - (clear_start or at) < interval, "missed a resolution"
+            assert breach or (interval > 0 and at - (clear_start or at) < interval), "missed a resolution"
         assert (state.phase is Phase.FIRING) == firing
 
 

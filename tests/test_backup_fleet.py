@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from opsagent.backup.engine import primary_repository
@@ -17,8 +17,8 @@ from tests.fixtures.backup import SourceDb, backup_config, slow_tools, write_con
 from tests.fixtures.servers import closed_port
 
 ROOT = Path(__file__).resolve().parents[1]
-SLOT1 = datetime(2026, 11, 25, 14, 0, tzinfo=timezone.utc)
-SLOT2 = datetime(2026, 11, 25, 15, 0, tzinfo=timezone.utc)
+SLOT1 = datetime(2026, 11, 25, 14, 0, tzinfo=UTC)
+SLOT2 = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 
 
 def _agent(config: Path, slot: datetime, start_at: float) -> subprocess.Popen[str]:

@@ -93,7 +93,7 @@ def test_newest_tool_at_least_server_major_is_chosen() -> None:
     """Among installed pg_dump versions the newest usable one wins; none usable is a clear error."""
     tools = [pgtools.Tool("/a/13", "13.2", 13), pgtools.Tool("/a/16", "16.1", 16), pgtools.Tool("/a/15", "15.4", 15)]
     assert pgtools.choose(tools, 15, "pg_dump").path == "/a/16"
-    with pytest.raises(ToolTooOld, match="pg_dump 16.1 is older than the server's major version 17"):
+    with pytest.raises(ToolTooOld, match=r"pg_dump 16\.1 is older than the server's major version 17"):
         pgtools.choose(tools, 17, "pg_dump")
 
 

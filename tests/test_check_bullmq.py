@@ -53,7 +53,7 @@ def add_queue(r: redis.Redis, queue: str, *, prefix: str = "bull", wait: int = 0
     if paused:
         r.lpush(f"{base}:paused", *ids(paused))
     if prioritized:
-        r.zadd(f"{base}:prioritized", {j: 1 for j in ids(prioritized)})
+        r.zadd(f"{base}:prioritized", dict.fromkeys(ids(prioritized), 1))
     if active:
         r.lpush(f"{base}:active", *ids(active))
     if delayed:

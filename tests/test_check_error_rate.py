@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -47,7 +48,7 @@ class App:
             def log_message(self, *args: object) -> None:
                 return
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server naming
+            def do_GET(self) -> None:
                 payload = app.body.encode()
                 self.send_response(app.status)
                 self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
@@ -172,7 +173,7 @@ def test_only_the_configured_counter_is_summed() -> None:
 def _reference(history: list[tuple[float, float, float]], window: float) -> tuple[float, float]:
     """Deltas from the newest sample at or before now-window (else the oldest) since the last reset."""
     since_reset = [history[0]]
-    for prev, cur in zip(history, history[1:]):
+    for prev, cur in itertools.pairwise(history):
         since_reset = [cur] if cur[1] < prev[1] or cur[2] < prev[2] else [*since_reset, cur]
     now, total, errors = since_reset[-1]
     if len(since_reset) == 1:
@@ -234,7 +235,7 @@ def _put(client: Any, lb: str, metric: str, values: list[float], now: datetime) 
 def test_cloudwatch_alb_ratio_is_computed_by_the_agent(aws: MotoServer) -> None:
     """ALB 5xx and request counts from CloudWatch give the exact ratio; other load balancers are not counted."""
     cw = boto3.client("cloudwatch", region_name="us-east-1")  # test set-up: not one of the agent's clients
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     _put(cw, LB, "RequestCount", [5000, 4000, 3345], now)
     _put(cw, LB, "HTTPCode_Target_5XX_Count", [20, 17], now)
     _put(cw, "app/other/1111111111111111", "HTTPCode_Target_5XX_Count", [9999], now)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -31,7 +31,7 @@ def send(url: str, n: int) -> None:
 
 def publish_age(queue: str, points: list[tuple[float, float]]) -> None:
     """Stand in for SQS publishing ApproximateAgeOfOldestMessage: (seconds ago, age) pairs."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     boto3.client("cloudwatch", region_name=REGION).put_metric_data(Namespace="AWS/SQS", MetricData=[
         {"MetricName": "ApproximateAgeOfOldestMessage", "Dimensions": [{"Name": "QueueName", "Value": queue}],
          "Value": age, "Timestamp": now - timedelta(seconds=ago), "Unit": "Seconds"}
@@ -116,7 +116,7 @@ def test_the_region_comes_from_a_real_queue_url() -> None:
 @given(st.lists(st.tuples(st.integers(0, 10_000), st.floats(0, 1e6)), min_size=1, max_size=20, unique_by=lambda p: p[0]))
 def test_the_newest_datapoint_wins_in_any_order(points: list[tuple[int, float]]) -> None:
     """Whatever order CloudWatch returns datapoints in, the age reported is the newest datapoint's."""
-    base = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    base = datetime(2026, 1, 1, tzinfo=UTC)
     stamped = [(base + timedelta(seconds=s), v) for s, v in points]
     newest = max(points)[1]
     assert oldest_age(stamped, queue_empty=False, visible=1, name="q")[0] == newest

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from opsagent.cron import cron_trigger
 
-MONDAY = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+MONDAY = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
 def next_weekdays(expression: str, count: int = 7) -> list[str]:
@@ -37,4 +37,4 @@ def test_weekday_numbers_mean_what_crontab_means(expression: str, days: list[str
 def test_hourly_schedule_fires_on_the_hour_in_utc() -> None:
     """The default hourly schedule fires at minute 0 of every UTC hour."""
     fire = cron_trigger("0 * * * *").get_next_fire_time(None, MONDAY.replace(minute=17))
-    assert fire == datetime(2026, 11, 23, 13, 0, tzinfo=timezone.utc)
+    assert fire == datetime(2026, 11, 23, 13, 0, tzinfo=UTC)

@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +218,7 @@ class _DeployedAlertmanager(AlertmanagerServer):
 
 
 def alert(name: str, severity: str, check: str, target: str) -> dict[str, Any]:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return {
         "labels": {"alertname": name, "severity": severity, "check": check, "target": target, "agent": "api-sidecar"},
         "annotations": {"summary": f"{name} {target}"},

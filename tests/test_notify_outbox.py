@@ -12,7 +12,7 @@ def test_outbox_keeps_order_across_a_restart(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "slack")
     for i in range(5):
         box.put({"n": i})
-    seq, first = box.peek()  # type: ignore[misc]
+    seq, _ = box.peek()  # type: ignore[misc]
     box.ack(seq)
     reopened = Outbox(tmp_path / "slack")
     assert [m["n"] for m in reopened.pending()] == [1, 2, 3, 4]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -172,7 +172,7 @@ def test_drill_restores_in_the_replica_region_only(aws: Any) -> None:
         seen.append((svc, region))
         return aws_clients.client(svc, region)
 
-    assert run_rds_drill(config, datetime(2026, 3, 2, tzinfo=timezone.utc), client_factory=factory).ok
+    assert run_rds_drill(config, datetime(2026, 3, 2, tzinfo=UTC), client_factory=factory).ok
     assert set(instances(PRIMARY)) == {"db1"}
     assert ("rds", REPLICA) in seen and boto3.client("rds", region_name=REPLICA).describe_db_instances()[
         "DBInstances"] == []

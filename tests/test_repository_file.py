@@ -64,7 +64,7 @@ def test_delete_hides_backup_before_removing_objects(tmp_path: Path) -> None:
 def test_reading_a_missing_object_names_it(tmp_path: Path) -> None:
     """Reading an object that is not there fails with the backup id and object name."""
     repo = FileRepository(f"file://{tmp_path}", tmp_path)
-    with pytest.raises(BackupError, match="data.dump is missing"):
+    with pytest.raises(BackupError, match=r"data\.dump is missing"):
         list(repo.read("postgres-main-20260101T000000Z-abcdef", "data.dump"))
 
 

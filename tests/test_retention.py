@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opsagent.backup.retention import PERIODS, Item, keep_for_target, select_deletions
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc).timestamp()
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC).timestamp()
 
 times = st.lists(st.floats(min_value=NOW - 200 * 86400, max_value=NOW, allow_nan=False), min_size=0, max_size=60)
 policies = st.fixed_dictionaries({
@@ -61,7 +61,7 @@ def test_targets_are_judged_separately(ts: list[float], tgts: list[str], policy:
     """Each target keeps its own newest backup and its own periods; one busy target never evicts another's."""
     items = _items(ts, tgts)
     doomed = set(select_deletions(items, policy, NOW))
-    for target in set(i.target for i in items):
+    for target in {i.target for i in items}:
         mine = [i for i in items if i.target == target]
         assert {i.id for i in mine} - doomed == _reference(mine, policy)
 
@@ -82,7 +82,7 @@ def test_hourly_daily_weekly_example() -> None:
     kept = keep_for_target(items, {"hourly": 24, "daily": 7, "weekly": 3}, NOW)
     kept_times = sorted((i.time for i in items if i.id in kept), reverse=True)
     assert kept_times[:24] == ts[:24]  # the last 24 hours, one each
-    older = [datetime.fromtimestamp(t, timezone.utc).strftime("%m-%d %H") for t in kept_times[24:]]
+    older = [datetime.fromtimestamp(t, UTC).strftime("%m-%d %H") for t in kept_times[24:]]
     # dailies: the last hour of Nov 19..23 (24th and 25th are covered by the hourlies);
     # weeklies: this ISO week and last are covered, the week before adds Sunday Nov 15.
     assert older == ["11-23 23", "11-22 23", "11-21 23", "11-20 23", "11-19 23", "11-15 23"]

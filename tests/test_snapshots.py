@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import boto3
@@ -26,7 +26,7 @@ from opsagent.config import Settings
 
 PRIMARY = "us-east-1"
 REPLICA = "eu-west-1"
-SLOT = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+SLOT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def settings(**backup: Any) -> Settings:
@@ -347,7 +347,7 @@ _RDS_ID = re.compile(r"^[a-z](?!.*--)[a-z0-9-]{0,253}[a-z0-9]$")
 @given(
     target=st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,20}(-[A-Za-z0-9]{1,10}){0,3}", fullmatch=True),
     slot=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31),
-                      timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30))])),
+                      timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))])),
     seconds=st.integers(min_value=0, max_value=59),
 )
 def test_snapshot_ids_are_valid_and_one_per_minute_slot(target: str, slot: datetime, seconds: int) -> None:
@@ -357,7 +357,7 @@ def test_snapshot_ids_are_valid_and_one_per_minute_slot(target: str, slot: datet
     assert _RDS_ID.match(ident), ident
     assert snapshot_id(target, start + timedelta(seconds=seconds)) == ident
     assert snapshot_id(target, start + timedelta(minutes=1)) != ident
-    assert ident.endswith(start.astimezone(timezone.utc).strftime("%Y%m%d%H%M"))
+    assert ident.endswith(start.astimezone(UTC).strftime("%Y%m%d%H%M"))
 
 
 def test_aurora_retention_deletes_surplus_cluster_snapshots_in_both_regions(aws: Any) -> None:

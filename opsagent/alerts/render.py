@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from opsagent import secrets
@@ -67,7 +67,7 @@ def format_value(alertname: str, value: float | None) -> str:
 
 def iso(ts: float) -> str:
     """RFC 3339 UTC with milliseconds, as Alertmanager and PagerDuty accept."""
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def runbook_url(base: str, alertname: str) -> str:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -77,7 +77,7 @@ def configured_endpoints(settings: Settings) -> set[tuple[str, int, str]]:
     for target in list(settings.checks.postgres) + list(settings.checks.pgbouncer):
         try:
             out.add(pgtools.endpoint(target.dsn.get_secret_value()))
-        except Exception:  # noqa: BLE001, S112 - an unparsable DSN cannot match anything
+        except Exception:  # noqa: BLE001 - an unparsable DSN cannot match anything
             continue
     return out
 
@@ -104,7 +104,7 @@ def drop_leftovers(admin_dsn: str) -> list[str]:
 
 
 def scratch_name(now: float) -> str:
-    stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%d%H%M%S")
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d%H%M%S")
     return f"{SCRATCH_PREFIX}{stamp}_{_random.token_hex(3)}"
 
 
@@ -206,7 +206,7 @@ class Drill:
 
     def _rds(self) -> list[DrillReport]:
         b = self.settings.backup
-        now = datetime.fromtimestamp(self.clock(), timezone.utc)
+        now = datetime.fromtimestamp(self.clock(), UTC)
         try:
             from opsagent.backup.rds_drill import run_rds_drill
 

@@ -13,7 +13,7 @@ import json
 import re
 import secrets as _random
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 MANIFEST_NAME = "manifest.json"
@@ -107,7 +107,7 @@ class Manifest:
 
 def new_id(kind: str, target: str, at: float) -> str:
     """Sortable by time within a target, unique across agents (random suffix)."""
-    stamp = datetime.fromtimestamp(at, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.fromtimestamp(at, UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{kind}-{target}-{stamp}-{_random.token_hex(3)}"
 
 
@@ -116,7 +116,7 @@ def id_time(backup_id: str) -> float | None:
     match = re.search(r"-(\d{8}T\d{6}Z)-[0-9a-f]{6}$", backup_id)
     if not match:
         return None
-    return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
 
 
 def valid_id(backup_id: str) -> bool:
@@ -124,4 +124,4 @@ def valid_id(backup_id: str) -> bool:
 
 
 def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -16,7 +16,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -93,13 +93,13 @@ class BackupService:
         if b.enabled and self._has_backups():
             trigger = cron_trigger(b.schedule)
             out.append(("backup", trigger, lambda: self._scheduled("backup", trigger)))
-        if b.enabled and b.drill_schedule and (b.drill_dsn and b.postgres or rds_drill_enabled(self.settings)):
+        if b.enabled and b.drill_schedule and ((b.drill_dsn and b.postgres) or rds_drill_enabled(self.settings)):
             drill_trigger = cron_trigger(b.drill_schedule)
             out.append(("drill", drill_trigger, lambda: self._scheduled("drill", drill_trigger)))
         if self._has_backups():
             # Started one interval minus a second ago: the first refresh runs a second after start-up,
             # so /status and the RPO alarms know the existing backups right away.
-            first = datetime.fromtimestamp(self.clock(), timezone.utc) - timedelta(seconds=REFRESH_SECONDS - 1)
+            first = datetime.fromtimestamp(self.clock(), UTC) - timedelta(seconds=REFRESH_SECONDS - 1)
             out.append(("backup_refresh", IntervalTrigger(seconds=REFRESH_SECONDS, start_date=first, timezone="UTC"),
                         self.refresh))
         return out
@@ -110,7 +110,7 @@ class BackupService:
 
     def _scheduled(self, job: str, trigger: BaseTrigger) -> None:
         try:
-            slot = current_slot(trigger, datetime.fromtimestamp(self.clock(), timezone.utc))
+            slot = current_slot(trigger, datetime.fromtimestamp(self.clock(), UTC))
             if slot is not None:
                 self.run_slot(job, slot)
         except Exception as exc:  # noqa: BLE001 - a scheduled job never raises into the scheduler
@@ -156,7 +156,7 @@ class BackupService:
 
     def _prune_markers(self, repo: Repository, job: str) -> None:
         try:
-            now = datetime.fromtimestamp(self.clock(), timezone.utc)
+            now = datetime.fromtimestamp(self.clock(), UTC)
             for name in expired_markers(repo.list_state(f"{SLOT_PREFIX}{job}-"), now):
                 repo.delete_state(name)
         except Exception as exc:  # noqa: BLE001 - housekeeping; retried after the next run

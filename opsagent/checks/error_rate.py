@@ -22,7 +22,7 @@ import urllib.request
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -175,14 +175,14 @@ class ErrorRateCheck:
     def measure(self) -> Reading:
         if self._request is not None:
             return self._measure_prometheus()
-        return self._measure_cloudwatch(datetime.now(timezone.utc))
+        return self._measure_cloudwatch(datetime.now(UTC))
 
     # -- Prometheus ------------------------------------------------------------------------
 
     def _scrape(self) -> str:
         assert self._request is not None
         try:
-            with urllib.request.urlopen(self._request, timeout=self._timeout) as resp:  # noqa: S310 - http(s) only (config)
+            with urllib.request.urlopen(self._request, timeout=self._timeout) as resp:
                 body: bytes = resp.read(MAX_BODY_BYTES + 1)
                 charset = resp.headers.get_content_charset() or "utf-8"
         except urllib.error.HTTPError as exc:

@@ -51,7 +51,7 @@ def ecs_snapshot(deadline: float) -> EcsSnapshot:
 
 
 def fetch_json(url: str, timeout: float) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - metadata endpoint URL from ECS
+    with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.loads(response.read())
 
 

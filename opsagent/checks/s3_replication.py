@@ -100,7 +100,7 @@ def rule_state(configuration: Mapping[str, Any] | None, destination_bucket: str)
         if status == "Enabled":
             prefixes.append(_rule_prefix(rule))
     enabled = bool(prefixes)
-    return enabled, os.path.commonprefix(prefixes) if enabled else "", statuses
+    return enabled, os.path.commonprefix(prefixes) if enabled else "", statuses  # noqa: RUF071 - S3 prefixes are strings: character-wise is right
 
 
 def _rule_prefix(rule: Mapping[str, Any]) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -68,7 +68,7 @@ def oldest_age(datapoints: list[tuple[datetime, float]], queue_empty: bool, visi
             "check that CloudWatch has AWS/SQS metrics for it and that the agent may call cloudwatch:GetMetricData"
         )
     newest = max(datapoints, key=lambda p: p[0])
-    return float(newest[1]), newest[0].astimezone(timezone.utc).isoformat()
+    return float(newest[1]), newest[0].astimezone(UTC).isoformat()
 
 
 class SqsCheck(SimpleCheck):
@@ -88,7 +88,7 @@ class SqsCheck(SimpleCheck):
         return aws.client(service, self.region, timeout=self._timeout, max_attempts=2)
 
     def _age_datapoints(self) -> list[tuple[datetime, float]]:
-        end = datetime.fromtimestamp(self._clock(), tz=timezone.utc)
+        end = datetime.fromtimestamp(self._clock(), tz=UTC)
         answer = self._client("cloudwatch").get_metric_data(
             MetricDataQueries=[{
                 "Id": "age",

@@ -93,8 +93,8 @@ class DeliveryWorker:
         """Record a failure; return True when the message stays queued (a retry will follow)."""
         self.failures += 1
         self.last_error = secrets.scrub(reason)
-        fields = dict(sink=self.sink.name, error=self.last_error, fingerprint=message.get("fingerprint"),
-                      status=message.get("status"))
+        fields = {"sink": self.sink.name, "error": self.last_error, "fingerprint": message.get("fingerprint"),
+                  "status": message.get("status")}
         if permanent:
             log.error("alert_delivery_dropped", **fields)
             self.outbox.ack(seq)

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,7 @@ class Agent:
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=workers)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
-            timezone=timezone.utc,
+            timezone=UTC,
         )
         self.scheduler.add_listener(self._on_job_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR | EVENT_JOB_SUBMITTED)
         self.http: Any = None
@@ -128,16 +128,16 @@ class Agent:
     # -- scheduling ----------------------------------------------------------------------------
 
     def _schedule(self) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         count = max(1, len(self.runners))
-        for i, (key, runner) in enumerate(self.runners.items()):
+        for i, key in enumerate(self.runners):
             target = self._targets[key]
             # Spread first runs (10 ms apart, over at most the first second) so 500 targets do not start
             # in one burst while a handful are all ready within a few milliseconds.
             first = now + timedelta(seconds=min(1.0, count / 100) * i / count)
             self.scheduler.add_job(
                 self.run_target,
-                IntervalTrigger(seconds=target.interval, jitter=min(target.interval * 0.1, 2.0), timezone=timezone.utc),
+                IntervalTrigger(seconds=target.interval, jitter=min(target.interval * 0.1, 2.0), timezone=UTC),
                 args=[key],
                 id=f"check:{key[0]}:{key[1]}",
                 name=f"{key[0]}:{key[1]}",
@@ -188,7 +188,7 @@ class Agent:
             self._stats["opsagent_scheduler_runs_total"][key] += 1
             times = getattr(event, "scheduled_run_times", None)
             if times:
-                self._lateness.observe(max(0.0, (datetime.now(timezone.utc) - times[-1]).total_seconds()))
+                self._lateness.observe(max(0.0, (datetime.now(UTC) - times[-1]).total_seconds()))
         elif event.code == EVENT_JOB_MISSED:
             self._stats["opsagent_scheduler_missed_runs_total"][key] += 1
             log.warning("check_run_missed", check=kind, target=name)

@@ -57,7 +57,7 @@ class _Run:
     Condition per run and per wait, which cost about a third of a no-op run (benchmarks/).
     """
 
-    __slots__ = ("_pending", "finished", "reading", "error", "thread", "abandoned")
+    __slots__ = ("_pending", "abandoned", "error", "finished", "reading", "thread")
 
     def __init__(self) -> None:
         self._pending = threading.Lock()

@@ -41,7 +41,7 @@ class _OneMetric:
 class _Child:
     """One label set: counts per bucket (not cumulative), sum, and its formatted lines."""
 
-    __slots__ = ("labels", "counts", "sum", "created", "prefixes", "created_prefix", "lines", "created_line")
+    __slots__ = ("counts", "created", "created_line", "created_prefix", "labels", "lines", "prefixes", "sum")
 
     def __init__(self, labels: dict[str, str], buckets: int, created: float) -> None:
         self.labels = labels
@@ -162,7 +162,7 @@ class CachedHistogram:
 class _Observer:
     """What ``labels(...)`` returns: observe into that child."""
 
-    __slots__ = ("_histogram", "_child")
+    __slots__ = ("_child", "_histogram")
 
     def __init__(self, histogram: CachedHistogram, child: _Child) -> None:
         self._histogram = histogram

@@ -195,7 +195,7 @@ class _FragmentTemplate:
     formats its numbers. Formatting every result through ``generate_latest`` was a sixth of an agent's CPU
     at 50 targets (py-spy, benchmarks/)."""
 
-    __slots__ = ("shape", "_families")
+    __slots__ = ("_families", "shape")
 
     def __init__(self, shape: tuple[Any, ...], families: list[tuple[str, bytes, tuple[str, ...], list[bytes]]]):
         self.shape = shape

@@ -184,7 +184,7 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         return  # access logs are noise for a sidecar scraped every 15 s
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -233,7 +233,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- methods -----------------------------------------------------------------------------
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         path = self._path
         agent = self.agent
         try:
@@ -275,7 +275,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._send(200, text.encode(), "text/markdown; charset=utf-8")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         path = self._path
         if path in GET_PATHS or _RUNBOOK_PATH.match(path):
             self._discard_body()

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def status_document(agent: Agent) -> dict[str, Any]:
     settings = agent.settings
     checks = []
-    for (kind, name), runner in agent.runners.items():
+    for kind, name in agent.runners:
         result = agent.store.get(kind, name)
         row: dict[str, Any] = {"check": kind, "target": name, "interval_seconds": agent._targets[(kind, name)].interval}
         if result is None:

@@ -255,7 +255,7 @@ class HttpFaultProxy:
             protocol_version = "HTTP/1.1"
             timeout = 30
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 return
 
             def _handle(self) -> None:
@@ -383,7 +383,7 @@ class HttpFaultProxy:
         else:
             status, code, msg = 503, "ServiceUnavailable", "Service is unable to handle request."
         if json_api:
-            payload = ('{"__type":"%s","message":"%s"}' % (code, msg)).encode()
+            payload = f'{{"__type":"{code}","message":"{msg}"}}'.encode()
             ctype = "application/x-amz-json-1.1"
         elif s3:
             payload = f"<Error><Code>{code}</Code><Message>{msg}</Message><RequestId>fault</RequestId></Error>".encode()

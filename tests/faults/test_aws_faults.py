@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from tests.fixtures.backup import SourceDb
 
 PRIMARY_BUCKET = "acme-backups"
 REPLICA_BUCKET = "acme-backups-dr"
-SLOT = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+SLOT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture

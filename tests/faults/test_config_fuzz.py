@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +74,11 @@ def documents(draw: st.DrawFn) -> Any:
             body: Any = {k: draw(st.one_of(values, st.lists(st.dictionaries(
                 st.sampled_from(["name", "dsn", "url", "interval", "timeout", "enabled", "metrics_url", "window",
                                  "bogus"]), values, max_size=5), max_size=2))) for k in draw(
-                st.lists(st.sampled_from(keys + ["nosuch"]), max_size=4, unique=True))}
+                st.lists(st.sampled_from([*keys, "nosuch"]), max_size=4, unique=True))}
         elif draw(st.integers(0, 6)) == 0:
             body = draw(values)
         else:
-            body = {k: draw(values) for k in draw(st.lists(st.sampled_from(keys + ["nosuch"]), max_size=5, unique=True))}
+            body = {k: draw(values) for k in draw(st.lists(st.sampled_from([*keys, "nosuch"]), max_size=5, unique=True))}
         doc[section] = body
     return doc
 
@@ -134,8 +135,8 @@ def _guarded(doc: Any, env: dict[str, str]) -> set[str]:
     return found
 
 
-def _check_outcome(code: int, out: str, err: str, guarded: set[str] = set(SECRET_TEXTS),
-                   placed: set[str] = set()) -> None:
+def _check_outcome(code: int, out: str, err: str, guarded: AbstractSet[str] = frozenset(SECRET_TEXTS),
+                   placed: AbstractSet[str] = frozenset()) -> None:
     if placed <= guarded:  # the final secret scan only gets outputs whose secrets the agent could know about
         record("cli", out + err)
     assert "Traceback" not in err and "Traceback" not in out

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -266,7 +266,7 @@ def test_sigterm_to_the_daemon_mid_dump_stops_cleanly_and_the_next_slot_runs(
     config["backup"].pop("pg_dump_path")
     _, settings = _write(tmp_path, config)
     service = BackupService(settings, ResultStore())
-    slot = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    slot = datetime.now(UTC).replace(second=0, microsecond=0)
     assert service.run_slot("backup", slot) == "ran"
     assert len(_listed(settings)) == 1 and _uploads(aws) == 0
 

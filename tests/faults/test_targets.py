@@ -8,6 +8,7 @@ every DSN is one of the suite's recognisable values.
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import socket
 import subprocess
@@ -130,7 +131,7 @@ def test_every_fault_mode_fires_and_resolves_target_down_while_other_checks_keep
                 proxy.set_mode(mode, delay=3.0)
             poll(lambda: _active(running, "TargetDown") >= set(names.values()), timeout=20)
             for kind, name in names.items():
-                poll(lambda: _firing(running, "TargetDown", name), timeout=10)
+                poll(lambda name=name: _firing(running, "TargetDown", name), timeout=10)
                 row = running.check_row(kind, name)
                 assert row is not None and row["up"] is False and row["error"], (mode, kind, row)
             assert running.get("/healthz").status_code == 200
@@ -151,7 +152,7 @@ def test_every_fault_mode_fires_and_resolves_target_down_while_other_checks_keep
             heads = [h for h in (b["text"].splitlines()[0].rstrip("*") for b in bodies) if h.endswith(f"/{name}")]
             assert len(heads) == 2 * len(FAULT_MODES), heads
             assert all(("FIRING" in h) == (i % 2 == 0) for i, h in enumerate(heads)), heads
-        gaps = [b - a for a, b in zip(cpu_times, cpu_times[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(cpu_times)]
         figure("targets_fault_modes", {"modes": list(FAULT_MODES), "targets": 3, "pages": len(bodies),
                                        "cpu_runs": len(cpu_times), "max_cpu_gap_seconds": round(max(gaps), 2)})
         crashed = [t for src, t in records()[logged_before:] if src == "log" and '"check_crashed"' in t]
