@@ -10,19 +10,20 @@ boto3 is imported on first use, so monitoring-only configs never pay for it.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Literal
 
 from opsagent import __version__
 
 _lock = threading.Lock()
 _session: Any = None
-_clients: dict[tuple[str, str | None, float, str], Any] = {}
+_clients: dict[tuple[str, str | None, float, str, int], Any] = {}
 
 
-def client(service: str, region: str | None = None, *, timeout: float = 15.0, retry_mode: str = "standard",
+def client(service: str, region: str | None = None, *, timeout: float = 15.0,
+           retry_mode: Literal["legacy", "standard", "adaptive"] = "standard",
            max_attempts: int = 5) -> Any:
     """A cached, thread-safe boto3 client for ``service`` in ``region`` with timeouts and retries set."""
-    key = (service, region, timeout, retry_mode)
+    key = (service, region, timeout, retry_mode, max_attempts)  # every setting that shapes the client
     with _lock:
         cached = _clients.get(key)
         if cached is not None:
