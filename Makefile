@@ -29,7 +29,6 @@ services:
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check opsagent tests benchmarks
-	$(BIN)/mypy
 
 test: $(VENV)/.dev services lint
 	$(BIN)/pytest -q
