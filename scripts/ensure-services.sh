@@ -15,6 +15,7 @@ have redis-server || need+=(redis-server)
 have pgbouncer || need+=(pgbouncer)
 have promtool || need+=(prometheus)
 have prometheus-alertmanager || need+=(prometheus-alertmanager)
+[ -x /usr/bin/chromium ] || need+=(chromium)  # the status page tests drive it with Playwright (no browser download)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "ensure-services: installing ${need[*]}"
