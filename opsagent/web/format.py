@@ -1,10 +1,10 @@
 """Numbers as the status page writes them: enough digits to tell value from threshold.
 
 An alarm's text uses a fixed precision; a page that shows a firing Redis alert
-as ``0.00 %`` against ``0.00 %`` contradicts itself. Here the threshold decides
-the precision (as many decimals as it needs to be written exactly), and the
-value gets more digits until it no longer reads like the threshold it differs
-from.
+as ``0.00 %`` against ``0.00 %`` contradicts itself. Here the threshold is
+written exactly (as many decimals as it needs), and the value gets at least as
+many, more until it no longer reads like the threshold it differs from (or
+like zero when it is not).
 """
 
 from __future__ import annotations
@@ -56,15 +56,16 @@ def value_pair(kind: ValueKind, value: float | None, threshold: float | None) ->
         plain = "–" if v is None else (f"{v:.2f} %" if kind is ValueKind.RATIO else f"{v:.4g}")
         return plain, "–"
     t = _scaled(threshold, kind)
-    decimals = max(1 if kind is ValueKind.RATIO else 0, _decimals_for(t))
+    decimals = t_decimals = max(1 if kind is ValueKind.RATIO else 0, _decimals_for(t))
     if v is None:
-        return "–", _text(t, decimals, kind)
-    while v != t and decimals < MAX_DECIMALS and round(v, decimals) == round(t, decimals):
+        return "–", _text(t, t_decimals, kind)
+    while decimals < MAX_DECIMALS and ((v != t and round(v, decimals) == round(t, decimals))
+                                       or (v != 0 and round(v, decimals) == 0)):
         decimals += 1
     value_text = _text(v, decimals, kind)
     if v != t and round(v, decimals) == round(t, decimals):  # beyond any sane threshold's digits
         value_text = f"{v:.3e}" + (" %" if kind is ValueKind.RATIO else "")
-    return value_text, _text(t, decimals, kind)
+    return value_text, _text(t, t_decimals, kind)
 
 
 def duration(seconds: float | None) -> str:

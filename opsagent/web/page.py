@@ -141,10 +141,18 @@ def _alerts(snap: Snapshot) -> str:
             f"<td data-label='target'>{e(a.check)}/{e(a.target)}</td><td class='num' data-label='value'>{e(value)}</td>"
             f"<td class='num' data-label='threshold'>{e(threshold)}</td>"
             f"<td data-label='since'>{fmt.ago(a.since, snap.now)} <small>{fmt.clock_time(a.since)}</small></td>"
-            f"<td data-label='description'>{e(a.description)}</td>"
+            f"<td data-label='description'>{_description(a.description)}</td>"
             f"<td data-label='act'>{_silence_link(s.alertmanager_url, a, s.agent_name)}</td></tr>")
     out.append("</tbody></table></section>")
     return "".join(out)
+
+
+def _description(text: str) -> str:
+    """The sentence that matters, with the firing-time context folded away."""
+    first, _, rest = text.partition("\n")
+    if not rest:
+        return e(first)
+    return f"{e(first)}<details><summary>context at firing time</summary><pre>{e(rest)}</pre></details>"
 
 
 def _runbook(alert: str | None) -> str:
@@ -291,7 +299,7 @@ def _dr(b: Mapping[str, Any], now: float) -> str:
     replica_configured = bool(b.get("replica")) or any(t.get("region") for t in b.get("targets") or [])
     for t in b.get("targets") or []:
         rpo = t.get("rpo_seconds")
-        rpo_text = _never("never") if rpo is None else (
+        rpo_text = _never("never") if rpo is None or not t.get("newest_backup") else (
             f"<span class='{'bad' if rpo_t and rpo > rpo_t else 'good'}'>{fmt.duration(rpo)}</span>")
         replica = _age_of(t.get("newest_replica"), now) if replica_configured else "<small>no replica configured</small>"
         out.append(

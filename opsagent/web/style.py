@@ -19,7 +19,7 @@ line-height:1.4;font-size:15px}
 a{color:var(--info)} h1{font-size:1.3rem;margin:.2rem 0} h2{font-size:1.1rem;margin:1.4rem 0 .5rem}
 small,.muted{color:var(--muted)}
 table{border-collapse:collapse;width:100%;margin-bottom:1rem}
-th,td{border:1px solid var(--line);padding:.3rem .5rem;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th,td{border:1px solid var(--line);padding:.3rem .5rem;text-align:left;vertical-align:top;overflow-wrap:break-word}
 th{background:var(--head)} td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
 .banner{border:2px solid var(--ok);border-left-width:.6rem;padding:.6rem .8rem;margin:.6rem 0 1rem;background:var(--band)}
 .banner.crit{border-color:var(--crit)} .banner.warn{border-color:var(--warn)} .banner.quiet{border-color:var(--quiet)}
@@ -40,7 +40,7 @@ svg.spark{vertical-align:middle} svg.spark polyline{fill:none;stroke:var(--info)
 svg.spark line{stroke:var(--crit);stroke-width:1;stroke-dasharray:3 2}
 footer{margin-top:1.5rem} nav a{margin-right:.8rem}
 .runbook{max-width:60rem} .runbook pre{overflow-x:auto;background:var(--head);padding:.5rem}
-.runbook code{overflow-wrap:anywhere}
+.runbook code{overflow-wrap:anywhere} details{margin-top:.3rem} details pre{white-space:pre-wrap;margin:.2rem 0}
 .visually-hidden{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
 @media (max-width:640px){body{padding:.5rem}
 table.cards,table.cards tbody,table.cards tr,table.cards td{display:block;width:100%}

@@ -25,7 +25,8 @@ Key = tuple[str, str]
 class TrendBuffer:
     """Per (check, target): a ring of at most :data:`BUCKETS` points over :data:`WINDOW_SECONDS`. Thread-safe."""
 
-    def __init__(self, window: float = WINDOW_SECONDS, buckets: int = BUCKETS) -> None:
+    def __init__(self, window: float | None = None, buckets: int = BUCKETS) -> None:
+        window = WINDOW_SECONDS if window is None else window  # read at call time: demos compress the hour
         self._width = window / buckets
         self._window = window
         self._buckets = buckets
