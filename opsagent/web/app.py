@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -69,6 +70,29 @@ class Route:
         return ", ".join(self.methods)
 
 
+class _Rendered:
+    """One rendering shared by every request within ``ttl`` seconds, rendered by one thread at a time.
+
+    A flood of clients pipelining requests for the page would otherwise make every handler thread render
+    it, starving /healthz of CPU; a quarter-second-old page is as true as a fresh one to a person.
+    """
+
+    def __init__(self, ttl: float, render: Callable[[], bytes]) -> None:
+        self._ttl = ttl
+        self._render = render
+        self._lock = threading.Lock()
+        self._body: bytes | None = None
+        self._at = 0.0
+
+    def get(self) -> bytes:
+        with self._lock:
+            now = time.monotonic()
+            if self._body is None or now - self._at >= self._ttl:
+                self._body = self._render()
+                self._at = now
+            return self._body
+
+
 def _exact(path: str) -> re.Pattern[str]:
     return re.compile("^" + re.escape(path) + "$")
 
@@ -76,9 +100,13 @@ def _exact(path: str) -> re.Pattern[str]:
 class App:
     """Routes over one view of the agent. ``clock`` gives the page its "now" (tests pass their own)."""
 
+    render_cache_seconds = 0.25  # how long /status and / may be reused under load
+
     def __init__(self, view: AgentView, clock: Callable[[], float] = time.time) -> None:
         self.view = view
         self.clock = clock
+        self._status_body = _Rendered(self.render_cache_seconds, lambda: status_json(self.view, self.clock()))
+        self._page_body = _Rendered(self.render_cache_seconds, lambda: status_html(self.view, self.clock()))
         settings = view.page_settings()
         self._token = settings.admin_token
         get = ("GET", "HEAD")
@@ -131,10 +159,10 @@ class App:
         return Response.text(200 if ready else 503, "ready" if ready else "first round of checks still running")
 
     def _status(self, request: Request) -> Response:
-        return Response(200, status_json(self.view, self.clock()), JSON)
+        return Response(200, self._status_body.get(), JSON)
 
     def _page(self, request: Request) -> Response:
-        return Response(200, status_html(self.view, self.clock()), HTML)
+        return Response(200, self._page_body.get(), HTML)
 
     def _runbook(self, request: Request) -> Response:
         from opsagent.runbooks import read_runbook

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -140,6 +141,13 @@ class _Server(ThreadingHTTPServer):
             with self._active_lock:
                 self._active -= 1
             raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away is routine (no traceback on stderr); anything else is logged."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            return
+        log.error("http_connection_failed", error=secrets.scrub(f"{type(exc).__name__}: {exc}"))
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
