@@ -110,7 +110,7 @@ def _scene(name: str, incident: bool, out: Path, am_url: str) -> None:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=[
                     "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-                page = browser.new_page(viewport={"width": 1200, "height": 900})
+                page = browser.new_page(viewport={"width": 1000, "height": 800})
                 page.goto(url)
                 page.screenshot(path=str(out), full_page=True)
                 browser.close()

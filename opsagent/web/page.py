@@ -12,6 +12,7 @@ inline SVG per check; no script.
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -141,7 +142,7 @@ def _alerts(snap: Snapshot) -> str:
             f"<td data-label='target'>{e(a.check)}/{e(a.target)}</td><td class='num' data-label='value'>{e(value)}</td>"
             f"<td class='num' data-label='threshold'>{e(threshold)}</td>"
             f"<td data-label='since'>{fmt.ago(a.since, snap.now)} <small>{fmt.clock_time(a.since)}</small></td>"
-            f"<td data-label='description'>{_description(a.description)}</td>"
+            f"<td class='text' data-label='description'>{_description(a.description)}</td>"
             f"<td data-label='act'>{_silence_link(s.alertmanager_url, a, s.agent_name)}</td></tr>")
     out.append("</tbody></table></section>")
     return "".join(out)
@@ -155,16 +156,24 @@ def _description(text: str) -> str:
     return f"{e(first)}<details><summary>context at firing time</summary><pre>{e(rest)}</pre></details>"
 
 
+_WORD_START = re.compile(r"(?<=[a-z_])(?=[A-Z])|(?<=_)")
+
+
+def breakable(text: str) -> str:
+    """Escaped ``text`` that may wrap between the words of CamelCase and snake_case names."""
+    return "<wbr>".join(e(part) for part in _WORD_START.split(text))
+
+
 def _runbook(alert: str | None) -> str:
     if not alert:
         return ""
     name = e(alert)
-    return f"<a href='/runbooks/{name}'>{name}</a> <small><a href='/runbooks/{name}.md'>.md</a></small>"
+    return f"<a href='/runbooks/{name}'>{breakable(alert)}</a> <small><a href='/runbooks/{name}.md'>.md</a></small>"
 
 
 # -- checks ---------------------------------------------------------------------------------------
 
-def sparkline(points: Sequence[TrendPoint], threshold: float | None, width: int = 120, height: int = 24) -> str:
+def sparkline(points: Sequence[TrendPoint], threshold: float | None, width: int = 100, height: int = 24) -> str:
     """An inline SVG of the points (gaps where the target was down) with the threshold as a dashed line."""
     values = [p.value for p in points if p.value is not None]
     if len(values) < 2:
@@ -215,11 +224,11 @@ def _checks(snap: Snapshot) -> str:
             last += f"<br><small>last OK: {fmt.ago(r.last_ok_at, snap.now)}</small>"
         out.append(
             f"<tr data-state='{e(state)}' data-check='{e(r.check)}/{e(r.target)}'><td data-label='state'>{badge(state)}</td>"
-            f"<td data-label='check'>{e(r.check)}</td><td data-label='target'>{e(r.target)}</td>"
+            f"<td data-label='check'>{breakable(r.check)}</td><td data-label='target'>{e(r.target)}</td>"
             f"<td class='num' data-label='value'>{e(value)}</td><td class='num' data-label='threshold'>{e(threshold)}</td>"
             f"<td data-label='last hour'>{trend}</td><td data-label='alarm'>{_runbook(r.alert)}</td>"
-            f"<td data-label='last run'>{last}</td><td data-label='source'>{e(r.source or '')}</td>"
-            f"<td data-label='error'>{e(r.error or '')}</td></tr>")
+            f"<td data-label='last run'>{last}</td><td class='text' data-label='source'>{e(r.source or '')}</td>"
+            f"<td class='text' data-label='error'>{e(r.error or '')}</td></tr>")
     out.append("</tbody></table></section>")
     return "".join(out)
 
@@ -241,7 +250,7 @@ def _delivery(snap: Snapshot) -> str:
             f"<td class='num' data-label='queued'>{d.queued}</td><td class='num' data-label='sent'>{d.sent}</td>"
             f"<td class='num' data-label='failed attempts'>{d.failed}</td>"
             f"<td data-label='last sent'>{fmt.ago(d.last_sent_at, snap.now)}</td>"
-            f"<td data-label='last error'>{e(d.last_error or '')}</td></tr>")
+            f"<td class='text' data-label='last error'>{e(d.last_error or '')}</td></tr>")
     out.append("</tbody></table></section>")
     return "".join(out)
 
@@ -307,7 +316,7 @@ def _dr(b: Mapping[str, Any], now: float) -> str:
             f"<td data-label='target'>{e(t.get('target'))}</td>"
             f"<td data-label='newest backup'>{_age_of(t.get('newest_backup'), now)}</td>"
             f"<td data-label='newest replica copy'>{replica}</td><td data-label='RPO now'>{rpo_text}</td>"
-            f"<td data-label='last run'>{_outcome(outcomes.get((t.get('kind'), t.get('target'))), last)}</td></tr>")
+            f"<td class='text' data-label='last run'>{_outcome(outcomes.get((t.get('kind'), t.get('target'))), last)}</td></tr>")
     out.append("</tbody></table>")
     if last:
         ok = bool(last.get("ok"))
@@ -344,6 +353,6 @@ def _history(snap: Snapshot) -> str:
             f"<td data-label='event'>{badge(ev.kind)}</td><td data-label='alert'>{_runbook(ev.alertname)}</td>"
             f"<td data-label='target'>{e(ev.check)}/{e(ev.target)}</td><td data-label='severity'>{e(ev.severity)}</td>"
             f"<td data-label='lasted'>{fmt.duration(ev.duration_seconds) if ev.duration_seconds is not None else ''}</td>"
-            f"<td data-label='description'>{e(ev.description)}</td></tr>")
+            f"<td class='text' data-label='description'>{e(ev.description)}</td></tr>")
     out.append("</tbody></table></section>")
     return "".join(out)

@@ -1,7 +1,7 @@
 """The pages' one stylesheet and document head.
 
 Light and dark palettes (``prefers-color-scheme``) chosen for WCAG AA contrast
-(4.5:1 for text, badges included); below 640 px every table turns into stacked
+(4.5:1 for text, badges included); below 960 px every table turns into stacked
 cards whose cells carry their column name, so nothing is off-screen on a phone;
 print drops the colours' backgrounds and the auto-refresh has no effect on paper.
 """
@@ -20,7 +20,7 @@ a{color:var(--info)} h1{font-size:1.3rem;margin:.2rem 0} h2{font-size:1.1rem;mar
 small,.muted{color:var(--muted)}
 table{border-collapse:collapse;width:100%;margin-bottom:1rem}
 th,td{border:1px solid var(--line);padding:.3rem .5rem;text-align:left;vertical-align:top;overflow-wrap:break-word}
-th{background:var(--head)} td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
+th{background:var(--head)} td.text{overflow-wrap:anywhere;min-width:6rem} table{font-size:14px} td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
 .banner{border:2px solid var(--ok);border-left-width:.6rem;padding:.6rem .8rem;margin:.6rem 0 1rem;background:var(--band)}
 .banner.crit{border-color:var(--crit)} .banner.warn{border-color:var(--warn)} .banner.quiet{border-color:var(--quiet)}
 .banner .verdict{font-size:1.15rem;font-weight:700} .banner.crit .verdict{color:var(--crit)}
@@ -42,7 +42,7 @@ footer{margin-top:1.5rem} nav a{margin-right:.8rem}
 .runbook{max-width:60rem} .runbook pre{overflow-x:auto;background:var(--head);padding:.5rem}
 .runbook code{overflow-wrap:anywhere} details{margin-top:.3rem} details pre{white-space:pre-wrap;margin:.2rem 0}
 .visually-hidden{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
-@media (max-width:640px){body{padding:.5rem}
+@media (max-width:960px){body{padding:.5rem}
 table.cards,table.cards tbody,table.cards tr,table.cards td{display:block;width:100%}
 table.cards thead{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}
 table.cards tr{border:1px solid var(--line);margin-bottom:.6rem} table.cards td{border:0;border-bottom:1px solid var(--line)}
