@@ -191,6 +191,19 @@ def test_all_clear_banner_is_green_and_says_so(serve_view: Any, new_page: Any) -
     assert _rgb(banner.evaluate("el => getComputedStyle(el).borderTopColor")) == _rgb(ok)
 
 
+def test_a_starting_agent_does_not_claim_all_clear(serve_view: Any, new_page: Any) -> None:
+    """Before the first round of checks has run the banner says the agent is starting, not that all is clear."""
+
+    class Starting(FakeView):
+        def health(self) -> Health:
+            return replace(super().health(), ready=False)
+
+    page = new_page()
+    page.goto(serve_view(Starting(alerts_=[], checks_=[CheckRow("cpu", "task", 15, "pending")])) + "/")
+    banner = page.get_by_role("status").inner_text()
+    assert "Starting" in banner and "All clear" not in banner
+
+
 def test_alerts_are_ordered_by_severity_then_age(serve_view: Any, new_page: Any) -> None:
     """Critical alerts come first, the longest-running first within a severity; silenced ones last."""
     page = new_page()
@@ -393,3 +406,21 @@ def _luminance(rgb: tuple[int, int, int]) -> float:
 def _contrast(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
     la, lb = sorted((_luminance(a), _luminance(b)), reverse=True)
     return (la + 0.05) / (lb + 0.05)
+
+
+def test_a_real_agent_page_leads_with_its_down_target_on_a_phone(start_agent: Any, new_page: Any,
+                                                                 tmp_path: Path) -> None:
+    """A running agent with an unreachable Redis shows it first, as down, on a 400 px screen without sideways scrolling."""
+    from tests.fixtures.agent import poll
+    from tests.fixtures.servers import closed_port
+
+    a = start_agent({"checks": {"redis": [{"name": "gone", "url": f"redis://127.0.0.1:{closed_port()}/0",
+                                           "interval": "1s"}]}})
+    poll(lambda: a.get("/readyz").status_code == 200)
+    page = new_page(width=400, height=800)
+    page.goto(a.url + "/")
+    first = page.locator("table.checks tbody tr").first
+    assert first.get_attribute("data-check") == "redis/gone" and first.get_attribute("data-state") == "down"
+    assert "last OK: never" in first.inner_text()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 400
+    page.screenshot(path=str(tmp_path / "agent.png"), full_page=True)

@@ -97,6 +97,8 @@ def _banner(snap: Snapshot) -> str:
         tone, verdict = "warn", "Alerts pending"
     elif counts["silenced"]:
         tone, verdict = "quiet", "Only silenced alerts"
+    elif not snap.health.ready:
+        tone, verdict = "quiet", "Starting: the first round of checks is still running"
     else:
         tone, verdict = "ok", "All clear"
     items = "".join(f"<li data-count='{e(name)}'><b>{n}</b> {e(name)}</li>" for name, n in counts.items())
