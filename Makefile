@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= deploy/local.yaml
 
-.PHONY: run test lint services bench soak clean
+.PHONY: run test lint services bench soak clean screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench: $(VENV)/.dev $(VENV)/.bench services
 
 soak: $(VENV)/.dev services
 	OPSAGENT_SOAK=1 $(BIN)/pytest -q tests/faults -k soak
+
+screenshots: $(VENV)/.dev services
+	$(BIN)/python scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

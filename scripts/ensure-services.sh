@@ -15,6 +15,7 @@ have redis-server || need+=(redis-server)
 have pgbouncer || need+=(pgbouncer)
 have promtool || need+=(prometheus)
 have prometheus-alertmanager || need+=(prometheus-alertmanager)
+[ -x /usr/bin/chromium ] || need+=(chromium fonts-dejavu-core)  # status page tests: Playwright drives the system browser (nothing downloaded)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "ensure-services: installing ${need[*]}"

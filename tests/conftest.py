@@ -25,6 +25,7 @@ pytest_plugins = [
     "tests.fixtures.agent",
     "tests.fixtures.alertmanager",
     "tests.fixtures.backup",
+    "tests.fixtures.browser",
 ]
 
 

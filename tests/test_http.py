@@ -193,3 +193,40 @@ def test_a_flood_of_silent_connections_is_capped_and_metrics_still_answer(start_
         for s in socks:
             s.close()
     assert a.get("/metrics").status_code == 200
+
+
+def test_status_has_delivery_per_sink_and_alert_history(start_agent: Start) -> None:
+    """/status carries `notify` (per sink: queued, sent, failed, last error) and `history` (the transitions that were paged)."""
+    a = start_agent({"checks": {"redis": [{"name": "gone", "url": f"redis://127.0.0.1:{closed_port()}/0", "interval": "1s"}]},
+                     "alerts": {"TargetDown": {"for": "0s"}},
+                     "notify": {"alertmanager_url": f"http://127.0.0.1:{closed_port()}", "timeout": "1s"}})
+    status = poll(lambda: (s := a.status())["history"] and s["notify"][0]["failed"] and s)
+    sink = status["notify"][0]
+    assert sink["sink"] == "alertmanager" and sink["sent"] == 0 and sink["last_error"]
+    event = status["history"][0]
+    assert (event["kind"], event["alertname"], event["target"]) == ("fired", "TargetDown", "gone")
+    row = a.check_row("redis", "gone")
+    assert row is not None and row["up"] is False and row["last_ok_at"] is None
+    mem = a.check_row("memory", "task")
+    assert mem is not None and mem["last_ok_at"] is not None
+    page = a.get("/").text
+    assert "alertmanager" in page and "TargetDown" in page and "failing" in page
+
+
+def test_accepted_sockets_disable_nagle(start_agent: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every accepted connection has TCP_NODELAY set, so keep-alive scrapers do not wait for delayed ACKs."""
+    from opsagent.web.server import Handler
+
+    seen: list[int] = []
+    setup = Handler.setup
+
+    def recording_setup(self: Handler) -> None:
+        setup(self)
+        seen.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    monkeypatch.setattr(Handler, "setup", recording_setup)
+    a = start_agent({})
+    with requests.Session() as session:
+        for _ in range(3):
+            assert session.get(a.url + "/healthz", timeout=5).status_code == 200
+    assert seen and all(seen), seen

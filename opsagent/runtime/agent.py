@@ -31,8 +31,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry
 
+from opsagent import __version__
+from opsagent.alerts.history import AlertEvent
 from opsagent.checks import check_class
 from opsagent.config import Settings, TargetBase
+from opsagent.notify.stats import SinkStats
 from opsagent.runtime.results import CheckResult, ResultStore
 from opsagent.runtime.runner import TargetRunner, describe_error
 from opsagent.telemetry import sentry
@@ -43,6 +46,10 @@ from opsagent.telemetry.metrics import (
     ResultsCollector,
     duration_histogram,
 )
+from opsagent.web.app import App
+from opsagent.web.ports import AlertRow, CheckRow, Health, MetricsBody, PageSettings, TriggerResult
+from opsagent.web.server import serve
+from opsagent.web.trends import TrendBuffer
 
 log = structlog.get_logger("opsagent.daemon")
 
@@ -100,6 +107,8 @@ class Agent:
 
         self.pipeline = AlertPipeline(settings, Path(settings.agent.state_dir), context=self._context, clock=clock)
         self.store.subscribe(self.pipeline.on_result)
+        self.trends = TrendBuffer()  # the status page's sparklines
+        self.store.subscribe(self.trends.on_result)
 
         self.backup: Any = None
         b = settings.backup
@@ -233,9 +242,8 @@ class Agent:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        from opsagent.web.server import serve
-
-        self.http = serve(self)
+        self.http = serve(App(AgentWebView(self), clock=self.clock), self.settings.agent.listen_host,
+                          self.settings.agent.listen_port)
         self.pipeline.start()
         self._schedule()
         self.scheduler.start()
@@ -303,3 +311,78 @@ def run_forever(settings: Settings) -> int:
     agent.wait()
     agent.stop()
     return 0
+
+
+class AgentWebView:
+    """The agent as the web layer sees it (:class:`opsagent.web.ports.AgentView`): read-only, typed, narrow."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+        settings = agent.settings
+        token = settings.agent.admin_token
+        am = settings.notify.alertmanager_url
+        self._page = PageSettings(agent_name=settings.agent.name, version=__version__,
+                                  runbook_base_url=settings.agent.runbook_base_url,
+                                  alertmanager_url=str(am) if am else None,
+                                  admin_token=token.get_secret_value() if token is not None else None)
+
+    def page_settings(self) -> PageSettings:
+        return self._page
+
+    def health(self) -> Health:
+        ok, reason = self._agent.health()
+        return Health(healthy=ok, reason=reason, ready=self._agent.ready.is_set(), started_at=self._agent.started_at)
+
+    def metrics(self, accept: str, gzip_ok: bool) -> MetricsBody:
+        exposition = self._agent.exposition
+        return MetricsBody(exposition.body(gzip_ok), exposition.content_type, gzipped=gzip_ok)
+
+    def checks(self) -> list[CheckRow]:
+        from opsagent.alerts.verdict import verdict
+
+        agent = self._agent
+        now = agent.clock()
+        rows = []
+        for kind, name in agent.runners:
+            interval = agent._targets[(kind, name)].interval
+            result = agent.store.get(kind, name)
+            if result is None:
+                rows.append(CheckRow(check=kind, target=name, interval_seconds=interval, state="pending"))
+                continue
+            v = verdict(agent.settings, result)
+            alarm = agent.pipeline.alarm_state(kind, name)
+            rows.append(CheckRow(
+                check=kind, target=name, interval_seconds=interval, up=result.up, value=result.value,
+                threshold=v.threshold, alert=alarm.get("alert") or v.alert, state=alarm.get("state") or v.state,
+                breached=v.breached, last_run=result.at, duration_seconds=round(result.duration, 4),
+                error=result.error, source=result.source, details=result.details,
+                last_ok_at=agent.trends.last_ok(kind, name), trend=agent.trends.points(kind, name, now)))
+        return rows
+
+    def alerts(self) -> list[AlertRow]:
+        rows = []
+        for doc in self._agent.pipeline.alerts():
+            annotations = doc.get("annotations") or {}
+            rows.append(AlertRow(
+                alertname=doc["alertname"], state=str(doc.get("state")), severity=str(doc.get("severity")),
+                check=str(doc.get("check")), target=str(doc.get("target")), value=doc.get("value"),
+                threshold=doc.get("threshold"), since=doc.get("since"), fingerprint=str(doc.get("fingerprint")),
+                summary=str(annotations.get("summary", "")), description=str(annotations.get("description", "")),
+                document=doc))
+        return rows
+
+    def backups(self) -> dict[str, Any] | None:
+        backup = self._agent.backup
+        return backup.status() if backup is not None else None
+
+    def history(self, limit: int) -> list[AlertEvent]:
+        return self._agent.pipeline.history(limit)
+
+    def delivery(self) -> list[SinkStats]:
+        return self._agent.pipeline.delivery()
+
+    def trigger_backup(self) -> TriggerResult:
+        backup = self._agent.backup
+        if backup is None:
+            return "unconfigured"
+        return "started" if backup.trigger_backup() else "busy"

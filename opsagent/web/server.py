@@ -1,43 +1,39 @@
-"""HTTP on ``agent.listen``: /metrics, /healthz, /readyz, /status, /, POST /backup.
+"""HTTP on ``agent.listen``: the sockets, threads, deadlines and limits (routes live in :mod:`opsagent.web.app`).
 
-A small stdlib threading server: each connection has its own thread, a
-socket timeout and a deadline for its request head, and there are at most
-``_Server.max_connections`` of them, so a slow or hostile client never blocks
-/metrics for others.
-Nothing here measures: every answer is read from state the scheduler keeps.
+A small stdlib threading server: each connection has its own thread and a
+socket timeout, and every phase in which a client sets the pace (sending the
+request head, sending a body, reading the answer) has a deadline. There are at
+most ``_Server.max_connections`` connections; at the limit the one that has
+waited longest on its client, whatever it waits for, is cut off to make room,
+so neither slow senders nor slow readers can lock /healthz and /metrics out.
+Request framing is strict (one Content-Length, no Transfer-Encoding), so no
+second request can be smuggled inside a first, and a body is read only after
+the route and the bearer token accepted it.
 """
 
 from __future__ import annotations
 
 import heapq
-import hmac
-import json
-import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from opsagent import secrets
-from opsagent.web.status import status_html, status_json
-
-if TYPE_CHECKING:
-    from opsagent.runtime.agent import Agent
+from opsagent.web.app import App, Request, Response
 
 log = structlog.get_logger("opsagent.http")
 
 MAX_BODY = 64 * 1024
-GET_PATHS = ("/metrics", "/healthz", "/readyz", "/status", "/")
-POST_PATHS = ("/backup",)
-_RUNBOOK_PATH = re.compile(r"^/runbooks/([A-Za-z0-9]+)(?:\.md)?$")
 
 
 class _Deadlines:
-    """One thread for every request head's deadline (a Timer per request cost a thread start per scrape).
+    """One thread for every client-paced deadline (request head, body, response write) (a Timer per request cost a thread start per scrape).
 
     Deadlines are armed in arrival order with the same length, so the earliest is nearly always the
     oldest: a heap with lazy removal, and the thread sleeps until the earliest one that is still armed.
@@ -70,7 +66,7 @@ class _Deadlines:
             self._armed.pop(token, None)
 
     def expire_oldest(self) -> bool:
-        """Cut off the connection that has waited longest for a request head now; False if none waits."""
+        """Cut off the connection that has waited longest on its client now; False if none waits."""
         with self._cond:
             while self._heap:
                 _, token = heapq.heappop(self._heap)
@@ -112,9 +108,10 @@ class _Server(ThreadingHTTPServer):
     """A thread per connection, at most ``max_connections`` of them.
 
     At the limit, a new connection first makes room by cutting off the one that has waited longest
-    for its request head (a slowloris client, or an idle keep-alive one): a flood of silent clients
-    cannot grow the thread count without bound, nor lock Prometheus out. Only when every connection is
-    busy answering is the newcomer refused.
+    on its client (a slowloris head, a trickled body, an answer the client does not read, an idle
+    keep-alive): a flood of slow clients of any kind cannot grow the thread count without bound, nor
+    lock Prometheus and the health check out. Only when every connection is busy computing an answer
+    is the newcomer refused.
     """
 
     daemon_threads = True
@@ -122,16 +119,17 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
     max_connections = 256
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, address: tuple[str, int], app: App) -> None:
+        super().__init__(address, Handler)
+        self.app = app
         self._active = 0
         self._active_lock = threading.Lock()
-        self.head_deadlines = _Deadlines()
+        self.deadlines = _Deadlines()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._active_lock:
             full = self._active >= self.max_connections
-        if full and not self.head_deadlines.expire_oldest():
+        if full and not self.deadlines.expire_oldest():
             log.warning("http_connection_refused", reason="every connection is busy", limit=self.max_connections)
             self.shutdown_request(request)
             return
@@ -144,6 +142,13 @@ class _Server(ThreadingHTTPServer):
                 self._active -= 1
             raise
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away is routine (no traceback on stderr); anything else is logged."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            return
+        log.error("http_connection_failed", error=secrets.scrub(f"{type(exc).__name__}: {exc}"))
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
@@ -152,30 +157,52 @@ class _Server(ThreadingHTTPServer):
                 self._active -= 1
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Refused(Exception):
+    """A request whose framing is refused before routing (the response says why)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
 class Handler(BaseHTTPRequestHandler):
+    """One connection: parse under deadlines, route through the server's :class:`App`, answer under a deadline."""
+
+    server: _Server
     server_version = "opsagent"
     sys_version = ""
     protocol_version = "HTTP/1.1"
     timeout = 10  # seconds a client may stay silent per read
     header_deadline = 10.0  # seconds a client may take to send a whole request line and headers
-    agent: Agent
+    body_deadline = 10.0  # seconds an admitted client may take to send its body
+    write_deadline = 10.0  # seconds a client may take to read an answer
 
-    # -- slowloris: a client trickling header bytes never trips the per-read timeout, so the
-    # whole request head gets a deadline; past it the socket is shut down under the reader.
+    def setup(self) -> None:
+        super().setup()
+        try:  # keep-alive scrapers would otherwise wait ~40 ms per answer (Nagle + delayed ACK)
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+    # -- deadlines: a client trickling bytes never trips the per-read timeout, so each client-paced
+    # phase gets a deadline; past it the socket is shut down under the reader or writer.
 
     def handle_one_request(self) -> None:
-        deadlines: _Deadlines = self.server.head_deadlines  # type: ignore[attr-defined]
-        self._head_token = deadlines.arm(self.header_deadline, self._cut_off)
+        self._head_token = self.server.deadlines.arm(self.header_deadline, self._cut_off)
         try:
             super().handle_one_request()
         finally:
-            deadlines.disarm(self._head_token)
+            self.server.deadlines.disarm(self._head_token)
 
     def parse_request(self) -> bool:
         try:
             return super().parse_request()  # reads the headers: still under the deadline
         finally:
-            self.server.head_deadlines.disarm(self._head_token)  # type: ignore[attr-defined]
+            self.server.deadlines.disarm(self._head_token)
 
     def _cut_off(self) -> None:
         self.close_connection = True
@@ -184,138 +211,105 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+    def _within(self, seconds: float, work: Callable[[], Any]) -> Any:
+        token = self.server.deadlines.arm(seconds, self._cut_off)
+        try:
+            return work()
+        finally:
+            self.server.deadlines.disarm(token)
+
     def log_message(self, format: str, *args: Any) -> None:
         return  # access logs are noise for a sidecar scraped every 15 s
 
-    # -- plumbing ----------------------------------------------------------------------------
+    # -- one request ---------------------------------------------------------------------------
 
-    def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
-              headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _text(self, status: int, text: str, headers: dict[str, str] | None = None) -> None:
-        self._send(status, (text + "\n").encode(), headers=headers)
-
-    def _json(self, status: int, doc: Any) -> None:
-        self._send(status, json.dumps(doc).encode(), "application/json")
-
-    @property
-    def _path(self) -> str:
-        return self.path.split("?", 1)[0]
-
-    def _discard_body(self) -> bool:
-        """Read (and drop) a request body; refuse oversized or malformed lengths."""
-        raw = self.headers.get("Content-Length")
-        if raw is None:
-            return True
+    def _dispatch(self) -> None:
+        path = self.path.split("?", 1)[0]
         try:
-            length = int(raw)
-        except ValueError:
-            self._text(400, "bad Content-Length")
-            return False
-        if length < 0 or length > MAX_BODY:
+            length = self._body_length()
+        except _Refused as refused:
             self.close_connection = True
-            self._text(413, f"request body too large (limit {MAX_BODY} bytes)")
-            return False
-        self.rfile.read(length)
-        return True
-
-    def _not_allowed(self, allowed: str) -> None:
-        self._text(405, f"method {self.command} not allowed on {self._path}; allowed: {allowed}", {"Allow": allowed})
-
-    # -- methods -----------------------------------------------------------------------------
-
-    def do_GET(self) -> None:
-        path = self._path
-        agent = self.agent
+            self._write(refused.response)
+            self._drop_body()
+            return
+        app = self.server.app
+        headers = {key.lower(): value for key, value in self.headers.items()}
+        resolved = app.resolve(self.command, path)
+        refusal = resolved if isinstance(resolved, Response) else app.admit(resolved[0], headers)
+        if refusal is not None or isinstance(resolved, Response):
+            if length:
+                self.close_connection = True  # the body is never read: the connection cannot be reused
+            self._write(refusal if refusal is not None else resolved)  # type: ignore[arg-type]  # one is set
+            if length:
+                self._drop_body()
+            return
+        route, match = resolved
+        if length and not self._within(self.body_deadline, lambda: self._read_body(length)):
+            return
+        request = Request(self.command, path, headers, match)
         try:
-            if path == "/metrics":
-                gzip_ok = "gzip" in (self.headers.get("Accept-Encoding") or "")
-                body = agent.exposition.body(gzip_ok)
-                self._send(200, body, agent.exposition.content_type, {"Content-Encoding": "gzip"} if gzip_ok else None)
-            elif path == "/healthz":
-                ok, reason = agent.health()
-                self._text(200 if ok else 503, reason)
-            elif path == "/readyz":
-                ready = agent.ready.is_set()
-                self._text(200 if ready else 503, "ready" if ready else "first round of checks still running")
-            elif path == "/status":
-                self._send(200, status_json(agent), "application/json")
-            elif path == "/":
-                self._send(200, status_html(agent), "text/html; charset=utf-8")
-            elif (m := _RUNBOOK_PATH.match(path)) is not None:
-                self._runbook(m.group(1))
-            elif path in POST_PATHS:
-                self._not_allowed("POST")
-            else:
-                self._text(404, f"no such path: {path[:200]}; try /, /status, /metrics, /healthz, /readyz")
-        except BrokenPipeError:
-            pass
+            response = route.handler(request)
         except Exception as exc:  # noqa: BLE001 - one bad page must not kill the server thread silently
             log.error("http_handler_failed", path=path[:200], error=secrets.scrub(f"{type(exc).__name__}: {exc}"))
-            self._text(500, "internal error; see the agent's log")
+            response = Response.text(500, "internal error; see the agent's log")
+        self._write(response)
 
-    do_HEAD = do_GET
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch
 
-    def _runbook(self, name: str) -> None:
-        from opsagent.runbooks import read_runbook
+    def _body_length(self) -> int:
+        """The declared body length; refuses every framing two parsers could read differently."""
+        lengths = self.headers.get_all("Content-Length") or []
+        if self.headers.get_all("Transfer-Encoding"):
+            if lengths:
+                raise _Refused(Response.text(400, "Transfer-Encoding together with Content-Length is refused"))
+            raise _Refused(Response.text(411, "chunked request bodies are not accepted; send Content-Length"))
+        if not lengths:
+            return 0
+        if len(lengths) > 1:
+            raise _Refused(Response.text(400, "more than one Content-Length header"))
+        raw = lengths[0].strip()
+        if not raw.isdigit() or not raw.isascii():
+            raise _Refused(Response.text(400, "bad Content-Length"))
+        length = int(raw)
+        if length > MAX_BODY:
+            raise _Refused(Response.text(413, f"request body too large (limit {MAX_BODY} bytes)"))
+        return length
 
+    def _read_body(self, length: int) -> bool:
         try:
-            text = read_runbook(name)
-        except KeyError:
-            self._text(404, f"no runbook named {name}")
-            return
-        self._send(200, text.encode(), "text/markdown; charset=utf-8")
+            body = self.rfile.read(length)
+        except OSError:
+            body = b""
+        if len(body) < length:
+            self.close_connection = True
+            return False
+        return True
 
-    def do_POST(self) -> None:
-        path = self._path
-        if path in GET_PATHS or _RUNBOOK_PATH.match(path):
-            self._discard_body()
-            self._not_allowed("GET, HEAD")
-            return
-        if path not in POST_PATHS:
-            self._discard_body()
-            self._text(404, f"no such path: {path[:200]}")
-            return
-        if not self._discard_body():
-            return
-        token = self.agent.settings.agent.admin_token
-        if token is None:
-            self._text(404, "POST endpoints are disabled: no agent.admin_token is configured")
-            return
-        given = self.headers.get("Authorization") or ""
-        expected = f"Bearer {token.get_secret_value()}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            self._text(401, "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="opsagent"'})
-            return
-        backup = self.agent.backup
-        if backup is None:
-            self._text(409, "no backups are configured (backup.repository, rds_instances or elasticache_clusters)")
-            return
-        if backup.trigger_backup():
-            self._json(202, {"started": True})
-        else:
-            self._json(409, {"started": False, "reason": "a backup run is already in progress"})
+    def _drop_body(self) -> None:
+        """Discard what a refused client already sent (without waiting), so closing does not reset the answer."""
+        try:
+            self.connection.settimeout(0.0)
+            dropped = 0
+            while dropped <= MAX_BODY and (chunk := self.connection.recv(65536)):
+                dropped += len(chunk)
+        except OSError:
+            pass
 
-    def _other(self) -> None:
-        self._discard_body()
-        path = self._path
-        if path in GET_PATHS or _RUNBOOK_PATH.match(path):
-            self._not_allowed("GET, HEAD")
-        elif path in POST_PATHS:
-            self._not_allowed("POST")
-        else:
-            self._text(404, f"no such path: {path[:200]}")
-
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other
+    def _write(self, response: Response) -> None:
+        head = [f"{self.protocol_version} {response.status} {self.responses.get(response.status, ('',))[0]}",
+                f"Server: {self.version_string()}", f"Date: {self.date_time_string()}",
+                f"Content-Type: {response.content_type}", f"Content-Length: {len(response.body)}",
+                "Cache-Control: no-store"]
+        head += [f"{key}: {value}" for key, value in response.headers]
+        if self.close_connection:
+            head.append("Connection: close")
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace")
+        if self.command != "HEAD":
+            data += response.body
+        try:
+            self._within(self.write_deadline, lambda: self.wfile.write(data))
+        except OSError:  # the client went away or was cut off at the deadline
+            self.close_connection = True
 
 
 class HttpServer:
@@ -328,7 +322,7 @@ class HttpServer:
     @property
     def address(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
+        return f"{host!s}:{port}"
 
     @property
     def port(self) -> int:
@@ -337,13 +331,10 @@ class HttpServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-        self._server.head_deadlines.close()
+        self._server.deadlines.close()
 
 
-def serve(agent: Agent) -> HttpServer:
-    handler = type("AgentHandler", (Handler,), {"agent": agent})
-    server_cls = _Server
-    if ":" in agent.settings.agent.listen_host:
-        server_cls = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
-    server = server_cls((agent.settings.agent.listen_host, agent.settings.agent.listen_port), handler)
-    return HttpServer(server)
+def serve(app: App, host: str, port: int) -> HttpServer:
+    """Listen on ``host:port`` (IPv6 when the host is) and answer from ``app`` in a background thread."""
+    server_cls = _Server6 if ":" in host else _Server
+    return HttpServer(server_cls((host, port), app))
