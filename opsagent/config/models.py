@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -156,12 +157,31 @@ class PgBouncerTarget(TargetBase):
 
 class RedisTarget(TargetBase):
     url: RedisUrl
+    role: Literal["cache", "queue"] | None = None  # queue: must not evict (RedisEvictionPolicyUnsafe)
 
 
 class CloudWatchSource(Model):
     load_balancer: Annotated[str, Field(pattern=r"^app/[^/]+/[^/]+$")]
     target_group: str | None = None
     region: str | None = None
+
+
+class SloPolicy(Model):
+    """An availability objective for an error_rate target: ``ErrorBudgetBurn`` (SPEC §9.4)."""
+
+    objective: Ratio
+    period: Duration = 30 * 86400.0
+    min_events: Annotated[int, Field(ge=1)] = 20  # fewer requests in a window: burn rates are not judged
+    low_volume_errors: Annotated[int, Field(ge=1)] = 5  # errors in 1h that page a service below min_events
+    # For testing and staging only: multiplies every burn-rate window (and the bucket width), e.g. 0.01.
+    window_scale: Annotated[float, Field(gt=0, le=1)] = 1.0
+
+    @field_validator("objective")
+    @classmethod
+    def _objective(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError("objective must be between 0 and 100% exclusive, such as 99.9%")
+        return value
 
 
 class ErrorRateTarget(TargetBase):
@@ -171,11 +191,14 @@ class ErrorRateTarget(TargetBase):
     requests_metric: str = "http_requests_total"
     status_label: str = "status"
     route_label: str = "route"
+    slo: SloPolicy | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ErrorRateTarget:
         if (self.metrics_url is None) == (self.cloudwatch is None):
             raise ValueError("set exactly one of metrics_url or cloudwatch")
+        if self.slo is not None and self.cloudwatch is not None:
+            raise ValueError("slo needs metrics_url: error budgets are counted from the app's request counters")
         if self.window < 60 and self.cloudwatch is not None:
             raise ValueError(f"window must be at least 1m for CloudWatch; expected {DURATION_FORM}")
         return self
@@ -255,6 +278,8 @@ class AlertOverride(Model):
     for_: Duration | None = Field(default=None, alias="for")
     severity: Literal["critical", "warning", "info"] | None = None
     enabled: bool = True
+    clear_for: Duration | None = None  # how long the value must be back before it resolves (default: one interval)
+    recovery_threshold: float | str | None = None  # resolve only once past this (hysteresis band)
 
 
 class _AlertsBase(Model):
@@ -264,6 +289,8 @@ class _AlertsBase(Model):
             override = getattr(self, name)
             if override is not None and override.threshold is not None:
                 _parse_threshold(ALARMS[name], override.threshold)
+            if override is not None and override.recovery_threshold is not None:
+                _parse_threshold(ALARMS[name], override.recovery_threshold, "recovery_threshold")
         return self
 
 
@@ -342,6 +369,37 @@ class BackupSection(Model):
         return self
 
 
+class MaintenanceMatch(Model):
+    """Which alerts a maintenance window holds: every given label must match."""
+
+    target: TargetName | None = None
+    check: str | None = None
+    alertname: str | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> MaintenanceMatch:
+        if self.target is None and self.check is None and self.alertname is None:
+            raise ValueError("match needs at least one of target, check or alertname")
+        return self
+
+
+class MaintenanceWindow(Model):
+    """A planned window in which the agent holds pages for the matching alerts (SPEC §9.4)."""
+
+    match: MaintenanceMatch
+    start: datetime
+    end: datetime
+    comment: str = ""
+
+    @model_validator(mode="after")
+    def _order(self) -> MaintenanceWindow:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError("start and end need a timezone, such as 2026-12-01T22:00:00Z")
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
 # The environment a load reads: a mapping handed to pydantic-settings instead of
 # swapping os.environ, which other threads (boto3, drivers) may be reading.
 _ENVIRONMENT: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("opsagent_env", default=None)
@@ -373,6 +431,7 @@ class Settings(BaseSettings):
     alerts: AlertsSection = AlertsSection()  # type: ignore[valid-type]
     notify: NotifySection = NotifySection()
     backup: BackupSection = BackupSection()
+    maintenance: list[MaintenanceWindow] = []
 
     @classmethod
     def settings_customise_sources(
@@ -407,12 +466,17 @@ class Settings(BaseSettings):
             threshold = self.backup.rpo
         if override is not None and override.threshold is not None:
             threshold = _parse_threshold(spec, override.threshold)
+        recovery = None
+        if override is not None and override.recovery_threshold is not None:
+            recovery = _parse_threshold(spec, override.recovery_threshold, "recovery_threshold")
         return EffectiveAlarm(
             spec=spec,
             threshold=float(threshold or 0.0),
             for_seconds=spec.for_seconds if override is None or override.for_ is None else override.for_,
             severity=spec.severity if override is None or override.severity is None else override.severity,
             enabled=True if override is None else override.enabled,
+            clear_for=None if override is None else override.clear_for,
+            recovery_threshold=recovery,
         )
 
     def secret_values(self) -> list[str]:
@@ -468,13 +532,15 @@ class EffectiveAlarm(BaseModel):
     for_seconds: float
     severity: str
     enabled: bool
+    clear_for: float | None = None
+    recovery_threshold: float | None = None
 
     @property
     def name(self) -> str:
         return self.spec.name
 
 
-def _parse_threshold(spec: AlarmSpec, raw: float | str) -> float:
+def _parse_threshold(spec: AlarmSpec, raw: float | str, key: str = "threshold") -> float:
     try:
         if spec.kind is ValueKind.RATIO:
             return parse_ratio(raw)
@@ -484,7 +550,7 @@ def _parse_threshold(spec: AlarmSpec, raw: float | str) -> float:
     except (TypeError, ValueError) as exc:
         form = {ValueKind.RATIO: RATIO_FORM, ValueKind.DURATION: DURATION_FORM}.get(spec.kind, "a number")
         msg = str(exc) if spec.kind in (ValueKind.RATIO, ValueKind.DURATION) else f"{raw!r} is not {form}"
-        raise ValueError(f"alerts.{spec.name}.threshold: {msg}") from None
+        raise ValueError(f"alerts.{spec.name}.{key}: {msg}") from None
     if value < 0 or value != value:
-        raise ValueError(f"alerts.{spec.name}.threshold: must be a number >= 0")
+        raise ValueError(f"alerts.{spec.name}.{key}: must be a number >= 0")
     return value
