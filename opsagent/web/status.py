@@ -56,6 +56,7 @@ def status_document(agent: Agent) -> dict[str, Any]:
         "checks": checks,
         "alerts": agent.pipeline.alerts(),
         "backups": agent.backup.status() if agent.backup is not None else None,
+        "quality": agent.pipeline.quality.status(agent.clock()),  # silences, maintenance, error budgets, forecasts
         "generated_at": time.time(),
     }
     return secrets.scrub_any(doc)  # type: ignore[no-any-return]
@@ -136,12 +137,13 @@ def status_html(agent: Agent) -> bytes:
             out.append(
                 f"<tr><td>{_runbook_link(base, al.get('alertname') or labels.get('alertname'))}</td>"
                 f"<td>{e(str(labels.get('target', '')))}</td><td>{e(str(al.get('severity') or labels.get('severity', '')))}</td>"
-                f"<td class='bad'>{e(str(al.get('state', '')))}</td><td>{e(_ago(al.get('since')))}</td>"
+                f"<td class='bad'>{e(str(al.get('state', '')))}{e(_held_note(al))}</td><td>{e(_ago(al.get('since')))}</td>"
                 f"<td>{e(str(ann.get('description', '')))}</td></tr>"
             )
         out.append("</table>")
     else:
         out.append("<p class='ok'>No active alerts.</p>")
+    out.append(_holds_section(doc.get("quality") or {}))
     backups = doc.get("backups")
     if backups:
         out.append(_backup_section(backups))
@@ -208,3 +210,32 @@ def _bytes(value: Any) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
+
+
+# -- maintenance windows and silences (issue 17) ---------------------------------------------------
+
+
+def _held_note(alert: dict[str, Any]) -> str:
+    """" (silenced by maintenance until …)" for an alert whose page is held."""
+    hold = alert.get("silenced_by")
+    if not alert.get("silenced") or not hold:
+        return ""
+    until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(hold.get("ends_at", 0)))
+    return f" (silenced by {hold.get('source', 'silence')} until {until})"
+
+
+def _holds_section(quality: dict[str, Any]) -> str:
+    e = html.escape
+    holds = quality.get("silences") or []
+    if not holds:
+        return ""
+    out = ["<h2>Maintenance windows and silences</h2><table><tr><th>source</th><th>matches</th><th>from</th>"
+           "<th>until</th><th>state</th><th>comment</th></tr>"]
+    for h in holds:
+        match = ", ".join(f"{k}={v}" for k, v in sorted((h.get("match") or {}).items()))
+        when = [time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(h.get(k, 0))) for k in ("starts_at", "ends_at")]
+        out.append(f"<tr><td>{e(str(h.get('source')))}</td><td>{e(match)}</td><td>{e(when[0])}</td><td>{e(when[1])}</td>"
+                   f"<td class='{'warn' if h.get('active') else 'ok'}'>{'active' if h.get('active') else 'upcoming'}</td>"
+                   f"<td>{e(str(h.get('comment') or ''))}</td></tr>")
+    out.append("</table>")
+    return "".join(out)
