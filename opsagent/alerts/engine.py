@@ -135,6 +135,8 @@ def evaluate(prev: AlertState | None, rule: Rule, check: str, target: str, obs: 
              interval: float, window: str | None = None) -> tuple[AlertState, Transition | None]:
     """Advance one alarm's state by one observation; return the new state and any transition."""
     s = prev if prev is not None else AlertState(rule.name, check, target, severity=rule.severity, window=window)
+    if s.window != window:  # a state rebuilt without its label (restart reconcile) keeps its identity
+        s = replace(s, window=window)
     if s.last_at is not None and obs.at < s.last_at:
         return s, None  # a stale, out-of-order result never moves the state backwards
     # Severity is a label, part of the fingerprint: frozen while an alert is active so its resolution matches.

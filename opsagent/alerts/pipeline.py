@@ -198,7 +198,7 @@ class AlertPipeline:
                     resolved = AlertState.from_dict({**state.to_dict(), "resolved_at": now})
                     if state.notified:
                         self._enqueue(Transition("resolved", resolved, now))
-                    self._states[key] = AlertState(state.alertname, state.check, state.target,
+                    self._states[key] = AlertState(state.alertname, state.check, state.target, window=state.window,
                                                    severity=state.severity, last_at=state.last_at)
                     self._contexts.pop(key, None)
                     changed = True
@@ -262,7 +262,7 @@ class AlertPipeline:
 
     @staticmethod
     def _persisted_view(s: AlertState) -> tuple[Any, ...]:
-        return (s.phase, s.pending_since, s.firing_since, s.clear_since, s.notified, s.unknown)
+        return (s.phase, s.pending_since, s.firing_since, s.clear_since, s.notified, s.unknown, s.flapping)
 
     def _mark_notified(self, key: StateKey) -> None:
         state = self._states[key]
