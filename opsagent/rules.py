@@ -155,6 +155,8 @@ def slo_rules(settings: Settings) -> list[dict[str, Any]]:
     from opsagent.alerts.burnrate import FAST, PAIRS
 
     burn_alarm, low_alarm = settings.alarm("ErrorBudgetBurn"), settings.alarm("ErrorBudgetLowVolume")
+    override = settings.alerts.ErrorBudgetBurn  # type: ignore[attr-defined] # fields made from the catalogue
+    severity = override.severity if override is not None else None  # else each pair's own
     agent = settings.agent.name
     out: list[dict[str, Any]] = []
     for target in settings.checks.error_rate:
@@ -173,7 +175,7 @@ def slo_rules(settings: Settings) -> list[dict[str, Any]]:
                 windows = f"{format_duration(pair.long_seconds)} and {format_duration(pair.short_seconds)}"
                 out.append(_slo_rule(
                     settings, "ErrorBudgetBurn", expr, burn_alarm.for_seconds,
-                    {"severity": pair.severity, "agent": agent, "check": "error_rate", "target": name,
+                    {"severity": severity or pair.severity, "agent": agent, "check": "error_rate", "target": name,
                      "window": pair.name},
                     f"burn rate {{{{ $value | printf \"%.1f\" }}}}x over {windows} > threshold {pair.factor:g}x "
                     f"(objective {slo.objective * 100:g}%)",

@@ -450,3 +450,17 @@ def test_only_noeviction_is_safe_for_a_queue() -> None:
     """Any maxmemory_policy other than noeviction (or none reported) is unsafe for a Redis backing a queue."""
     assert eviction_unsafe("noeviction") == 0
     assert [eviction_unsafe(p) for p in ("allkeys-lru", "volatile-ttl", None)] == [1, 1, 1]
+
+
+def test_a_severity_override_applies_to_every_window_pair_in_agent_and_rules(tmp_path: Path) -> None:
+    """alerts.ErrorBudgetBurn.severity replaces the per-pair severities, in the agent's pages and the exported rules."""
+    s = Settings(agent={"state_dir": str(tmp_path)}, alerts={"ErrorBudgetBurn": {"severity": "warning"}},
+                 checks={"error_rate": [{"name": "api", "metrics_url": "http://127.0.0.1:1/metrics", "interval": "15s",
+                                         "slo": {"objective": "99.9%"}}]})
+    rules = [r for r in yaml.safe_load(render_rules(s))["groups"][0]["rules"] if r["alert"] == "ErrorBudgetBurn"]
+    assert [r["labels"]["severity"] for r in rules] == ["warning"] * 4
+    p = AlertPipeline(s, tmp_path)
+    traffic = Traffic(p)
+    traffic.run(600, rps=10, error_ratio=0.0)
+    pages = traffic.run(120, rps=10, error_ratio=1.0)
+    assert pages and {pg["severity"] for pg in pages if pg["alertname"] == "ErrorBudgetBurn"} == {"warning"}

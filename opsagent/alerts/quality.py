@@ -46,6 +46,8 @@ class AlertQuality:
         self.clock = clock
         policies = {t.name: t.slo for t in settings.checks.error_rate if t.slo is not None}
         self.budgets = ErrorBudgets(policies, state_dir)
+        override = settings.alerts.ErrorBudgetBurn  # type: ignore[attr-defined] # fields made from the catalogue
+        self._burn_severity: str | None = override.severity if override is not None else None  # else per pair
         self.silence_store = SilenceStore(state_dir)
         self.maintenance = from_maintenance(settings.maintenance)
         self._lock = threading.Lock()
@@ -71,7 +73,7 @@ class AlertQuality:
         interval = self.config.interval(check, target)
         burn = self.config.rules["ErrorBudgetBurn"]
         pairs: list[tuple[Any, Observation, str | None]] = [
-            (replace(burn, threshold=v.pair.factor, severity=v.pair.severity),
+            (replace(burn, threshold=v.pair.factor, severity=self._burn_severity or v.pair.severity),
              Observation(at, v.breaching if up else None, v.long_burn, v.explanation if up else reason), v.pair.name)
             for v in judged.pairs
         ]
