@@ -23,7 +23,7 @@ from opsagent.alerts.burnrate import LowVolumeVerdict, MinuteBuckets, PairVerdic
 from opsagent.textio import atomic_write
 
 if TYPE_CHECKING:
-    from opsagent.config.models import SloPolicy
+    from opsagent.config.quality import SloPolicy
 
 log = structlog.get_logger("opsagent.alerts")
 

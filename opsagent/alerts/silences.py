@@ -24,7 +24,7 @@ from opsagent import secrets
 from opsagent.textio import atomic_write
 
 if TYPE_CHECKING:
-    from opsagent.config.models import MaintenanceWindow
+    from opsagent.config.quality import MaintenanceWindow
 
 log = structlog.get_logger("opsagent.alerts")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextvars
 import re
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -19,7 +18,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PlainSerializer,
     SecretStr,
     field_validator,
     model_validator,
@@ -33,11 +31,12 @@ from pydantic_settings import (
 
 from opsagent import secrets
 from opsagent.alerts.catalog import ALARMS, AlarmSpec, ValueKind
+from opsagent.config.fields import Duration, Ratio, TargetName  # noqa: F401 - Ratio kept for target models
+from opsagent.config.quality import MaintenanceWindow, SloPolicy
 from opsagent.cron import cron_trigger
 from opsagent.units import (
     DURATION_FORM,
     RATIO_FORM,
-    format_duration,
     parse_duration,
     parse_ratio,
 )
@@ -46,9 +45,6 @@ ENV_PREFIX = "OPSAGENT_"
 CONFIG_ENV = "OPSAGENT_CONFIG"
 DEFAULT_CONFIG_FILE = "opsagent.yaml"
 
-Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)]
-Ratio = Annotated[float, BeforeValidator(parse_ratio)]
-TargetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")]
 
 _NAME_FORM = "letters, digits, '.', '_' or '-', at most 63 characters"
 
@@ -166,24 +162,6 @@ class CloudWatchSource(Model):
     region: str | None = None
 
 
-class SloPolicy(Model):
-    """An availability objective for an error_rate target: ``ErrorBudgetBurn`` (SPEC §9.4)."""
-
-    objective: Ratio
-    period: Duration = 30 * 86400.0
-    min_events: Annotated[int, Field(ge=1)] = 20  # fewer requests in a window: burn rates are not judged
-    low_volume_errors: Annotated[int, Field(ge=1)] = 5  # errors in 1h that page a service below min_events
-    # For testing and staging only: multiplies every burn-rate window (and the bucket width), e.g. 0.01.
-    window_scale: Annotated[float, Field(gt=0, le=1)] = 1.0
-
-    @field_validator("objective")
-    @classmethod
-    def _objective(cls, value: float) -> float:
-        if not 0 < value < 1:
-            raise ValueError("objective must be between 0 and 100% exclusive, such as 99.9%")
-        return value
-
-
 class ErrorRateTarget(TargetBase):
     metrics_url: HttpUrl | None = None
     cloudwatch: CloudWatchSource | None = None
@@ -287,10 +265,8 @@ class _AlertsBase(Model):
     def _thresholds(self) -> _AlertsBase:
         for name in ALARMS:
             override = getattr(self, name)
-            if override is not None and override.threshold is not None:
-                _parse_threshold(ALARMS[name], override.threshold)
-            if override is not None and override.recovery_threshold is not None:
-                _parse_threshold(ALARMS[name], override.recovery_threshold, "recovery_threshold")
+            for key in [k for k in ("threshold", "recovery_threshold") if getattr(override, k, None) is not None]:
+                _parse_threshold(ALARMS[name], getattr(override, key), key)
         return self
 
 
@@ -369,37 +345,6 @@ class BackupSection(Model):
         return self
 
 
-class MaintenanceMatch(Model):
-    """Which alerts a maintenance window holds: every given label must match."""
-
-    target: TargetName | None = None
-    check: str | None = None
-    alertname: str | None = None
-
-    @model_validator(mode="after")
-    def _something(self) -> MaintenanceMatch:
-        if self.target is None and self.check is None and self.alertname is None:
-            raise ValueError("match needs at least one of target, check or alertname")
-        return self
-
-
-class MaintenanceWindow(Model):
-    """A planned window in which the agent holds pages for the matching alerts (SPEC §9.4)."""
-
-    match: MaintenanceMatch
-    start: datetime
-    end: datetime
-    comment: str = ""
-
-    @model_validator(mode="after")
-    def _order(self) -> MaintenanceWindow:
-        if self.start.tzinfo is None or self.end.tzinfo is None:
-            raise ValueError("start and end need a timezone, such as 2026-12-01T22:00:00Z")
-        if self.end <= self.start:
-            raise ValueError("end must be after start")
-        return self
-
-
 # The environment a load reads: a mapping handed to pydantic-settings instead of
 # swapping os.environ, which other threads (boto3, drivers) may be reading.
 _ENVIRONMENT: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("opsagent_env", default=None)
@@ -466,9 +411,8 @@ class Settings(BaseSettings):
             threshold = self.backup.rpo
         if override is not None and override.threshold is not None:
             threshold = _parse_threshold(spec, override.threshold)
-        recovery = None
-        if override is not None and override.recovery_threshold is not None:
-            recovery = _parse_threshold(spec, override.recovery_threshold, "recovery_threshold")
+        raw = None if override is None else override.recovery_threshold
+        recovery = None if raw is None else _parse_threshold(spec, raw, "recovery_threshold")
         return EffectiveAlarm(
             spec=spec,
             threshold=float(threshold or 0.0),
