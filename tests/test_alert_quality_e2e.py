@@ -23,7 +23,7 @@ import yaml
 
 from opsagent.checks.redis import RedisCheck
 from opsagent.config import RedisTarget
-from tests.fixtures.agent import RunningAgent
+from tests.fixtures.agent import RunningAgent, poll
 from tests.fixtures.alertmanager import AlertmanagerServer
 from tests.fixtures.servers import RedisServer, closed_port
 from tests.test_check_error_rate import App
@@ -106,9 +106,7 @@ def test_burst_and_quiet_failure_page_through_a_real_alertmanager(am: Alertmanag
             {"name": "admin", "metrics_url": quiet.url, "interval": "1s", "slo": slo}]},
         "notify": {"alertmanager_url": am.url, "timeout": "2s"},
     })
-    deadline = time.monotonic() + 30
-    while not any(w["state"] == "ok" for w in _slo(agent, "api")["windows"]) and time.monotonic() < deadline:
-        time.sleep(0.2)  # healthy traffic until the fast window pair is judged
+    poll(lambda: any(w["state"] == "ok" for w in _slo(agent, "api")["windows"]), timeout=30)  # judged healthy first
     assert _am_alerts(am, "ErrorBudgetBurn") == []
     busy.set_error_ratio(1.0)
     fired = am.wait_for(lambda alerts: any(
@@ -222,3 +220,23 @@ def test_a_redis_backing_a_queue_with_an_evicting_policy_is_flagged_from_info() 
             cache.close()
     finally:
         server.cleanup()
+
+
+def test_the_status_page_shows_a_maintenance_window_and_the_alert_it_holds(start_agent: Start) -> None:
+    """During maintenance of `cache` its firing alert is silenced on /status and the page names the window;
+    `sessions`, on the same Redis, is not held."""
+    now = time.time()
+    iso = lambda ts: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))  # noqa: E731 - a local formatter
+    agent = start_agent({
+        "checks": {"redis": [{"name": "cache", "url": "redis://127.0.0.1:6379/0", "interval": "1s"},
+                             {"name": "sessions", "url": "redis://127.0.0.1:6379/1", "interval": "1s"}]},
+        "alerts": {"RedisMemoryHigh": {"threshold": "0%", "for": "0s"}},
+        "maintenance": [{"match": {"target": "cache"}, "start": iso(now - 60), "end": iso(now + 3600),
+                         "comment": "node resize"}],
+    })
+    poll(lambda: len([a for a in agent.status()["alerts"] if a["alertname"] == "RedisMemoryHigh"]) == 2, timeout=20)
+    held = {a["target"]: a["silenced"] for a in agent.status()["alerts"] if a["alertname"] == "RedisMemoryHigh"}
+    assert held == {"cache": True, "sessions": False}
+    page = agent.get("/").text
+    assert "silenced by maintenance until" in page and "Maintenance windows and silences" in page
+    assert "node resize" in page and "target=cache" in page
