@@ -31,6 +31,8 @@ _BACKUP_EXPRESSIONS = {
 # Detail fields that a check also exports as a gauge (value = the compared number).
 _FIELD_METRICS = {
     "dlq_visible_messages": "opsagent_sqs_dlq_visible_messages",
+    "replication_lag_max_seconds": "opsagent_postgres_replication_lag_max_seconds",
+    "pool_saturation": "opsagent_pgbouncer_pool_saturation_ratio",
 }
 # Detail fields that are the complement of an exported 0/1 gauge.
 _FIELD_COMPLEMENTS = {
