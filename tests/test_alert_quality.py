@@ -464,3 +464,20 @@ def test_a_severity_override_applies_to_every_window_pair_in_agent_and_rules(tmp
     traffic.run(600, rps=10, error_ratio=0.0)
     pages = traffic.run(120, rps=10, error_ratio=1.0)
     assert pages and {pg["severity"] for pg in pages if pg["alertname"] == "ErrorBudgetBurn"} == {"warning"}
+
+
+def test_a_restarted_agent_neither_repages_nor_forgets_a_burning_window(tmp_path: Path) -> None:
+    """ErrorBudgetBurn alerts (one per window label) survive a restart: no second page, and they still resolve."""
+    first = AlertPipeline(_slo_settings(tmp_path), tmp_path)
+    traffic = Traffic(first)
+    traffic.run(3600, rps=10, error_ratio=0.0)
+    assert traffic.run(120, rps=10, error_ratio=1.0)
+    firing = sorted(a["labels"]["window"] for a in first.alerts() if a["alertname"] == "ErrorBudgetBurn")
+    first.stop(1)
+    second = AlertPipeline(_slo_settings(tmp_path), tmp_path)
+    assert sorted(a["labels"]["window"] for a in second.alerts() if a["alertname"] == "ErrorBudgetBurn") == firing
+    traffic.p = second
+    assert traffic.run(60, rps=10, error_ratio=1.0) == []  # still burning: no new page
+    traffic.run(7 * 3600, rps=10, error_ratio=0.0, step=60)  # past the 6h short window of the slowest pair
+    resolved = [e for e in second.history(1000) if e.kind == "resolved" and e.alertname == "ErrorBudgetBurn"]
+    assert len(resolved) == len(firing) and not [a for a in second.alerts() if a["alertname"] == "ErrorBudgetBurn"]
