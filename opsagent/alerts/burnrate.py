@@ -163,6 +163,11 @@ class LowVolumeVerdict:
     breaching: bool
 
     @property
+    def counted_errors(self) -> float:
+        """The errors the alarm compares: those of a low-volume hour burning faster than the fast pair, else 0."""
+        return self.totals.errors if self.low_volume and self.burn > FAST.factor else 0.0
+
+    @property
     def explanation(self) -> str:
         return (f"{self.totals.errors:g} of {self.totals.requests:g} requests failed over "
                 f"{format_duration(FAST.long_seconds)} (burn rate {self.burn:.1f}x)")

@@ -60,7 +60,11 @@ class AlertQuality:
 
     def evaluate(self, states: Mapping[StateKey, AlertState], result: CheckResult,
                  reason: str | None) -> tuple[list[AlertState], list[Transition]]:
-        """Advance the target's ErrorBudgetBurn (per window pair) and ErrorBudgetLowVolume alerts."""
+        """Advance the target's ErrorBudgetBurn (per window pair) and ErrorBudgetLowVolume alerts.
+
+        The compared value is what must exceed the threshold for the alarm to hold (the lower of a pair's two
+        burn rates; the low-volume alarm's qualifying errors), so a resolution never shows a breaching value.
+        """
         if result.check != "error_rate" or result.target not in self.budgets:
             return [], []
         check, target, at = result.check, result.target, result.at
@@ -74,13 +78,14 @@ class AlertQuality:
         burn = self.config.rules["ErrorBudgetBurn"]
         pairs: list[tuple[Any, Observation, str | None]] = [
             (replace(burn, threshold=v.pair.factor, severity=self._burn_severity or v.pair.severity),
-             Observation(at, v.breaching if up else None, v.long_burn, v.explanation if up else reason), v.pair.name)
+             Observation(at, v.breaching if up else None, min(v.long_burn, v.short_burn),
+                         v.explanation if up else reason), v.pair.name)
             for v in judged.pairs
         ]
         lv = judged.low_volume
         low_rule = replace(self.config.rules["ErrorBudgetLowVolume"],
                            threshold=float(self.budgets.policy(target).low_volume_errors))
-        pairs.append((low_rule, Observation(at, lv.breaching if up else None, lv.totals.errors,
+        pairs.append((low_rule, Observation(at, lv.breaching if up else None, lv.counted_errors,
                                             lv.explanation if up else reason), None))
         new_states: list[AlertState] = []
         transitions: list[Transition] = []
