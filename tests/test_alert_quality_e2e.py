@@ -124,6 +124,8 @@ def test_burst_and_quiet_failure_page_through_a_real_alertmanager(am: Alertmanag
     assert 'opsagent_error_rate_requests_total{check="error_rate",target="api"}' in metrics
     assert "# TYPE opsagent_error_rate_errors_total counter" in metrics
     assert 'opsagent_error_budget_burn_rate{target="api",window="5m"}' in metrics
+    linted = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True, text=True, timeout=60)
+    assert linted.returncode == 0 and "opsagent_error" not in linted.stdout + linted.stderr, linted.stdout + linted.stderr
 
 
 def _slo(agent: RunningAgent, target: str) -> dict[str, Any]:
