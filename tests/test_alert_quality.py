@@ -481,3 +481,16 @@ def test_a_restarted_agent_neither_repages_nor_forgets_a_burning_window(tmp_path
     traffic.run(7 * 3600, rps=10, error_ratio=0.0, step=60)  # past the 6h short window of the slowest pair
     resolved = [e for e in second.history(1000) if e.kind == "resolved" and e.alertname == "ErrorBudgetBurn"]
     assert len(resolved) == len(firing) and not [a for a in second.alerts() if a["alertname"] == "ErrorBudgetBurn"]
+
+
+def test_a_flapping_target_shows_state_flapping_on_status_and_pages_once(tmp_path: Path) -> None:
+    """Ten minutes of a Redis swinging across its threshold every 15s: one page, and /status says flapping."""
+    s = Settings(agent={"state_dir": str(tmp_path)}, alerts={"RedisMemoryHigh": {"for": "0s"}},
+                 checks={"redis": [{"name": "cache", "url": "redis://127.0.0.1:1/0", "interval": "15s"}]})
+    p = AlertPipeline(s, tmp_path)
+    for i in range(40):
+        p.on_result(CheckResult("redis", "cache", True, 0.9 if i % 2 == 0 else 0.5, 1_800_000_000.0 + 15 * i, 0.01))
+    assert [e.kind for e in p.history()] == ["fired"]
+    (alert,) = p.alerts()
+    assert alert["state"] == "flapping" and alert["flap_percent"] > 50
+    assert p.alarm_state("redis", "cache")["state"] == "flapping"
