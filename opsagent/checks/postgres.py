@@ -59,7 +59,8 @@ SELECT
     CASE WHEN pg_is_in_recovery() THEN
         COALESCE(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::float8
     END,
-    (SELECT EXTRACT(EPOCH FROM max(COALESCE(replay_lag, interval '0')))::float8 FROM pg_stat_replication)
+    (SELECT CASE WHEN bool_and(state IS NOT NULL) THEN EXTRACT(EPOCH FROM max(COALESCE(replay_lag, interval '0')))
+            END::float8 FROM pg_stat_replication)
 """
 
 CONTEXT_SQL = """
@@ -188,10 +189,11 @@ class ConnectionSlot:
 
 def replication_lag_max(in_recovery: bool, own_lag: float | None, replicas_lag: float | None) -> float | None:
     """What PostgresReplicaLagHigh compares: a replica's own lag; a primary's slowest ``pg_stat_replication``
-    replay_lag, so one primary target covers its replicas (None: a primary without replicas).
+    replay_lag, so one primary target covers its replicas (None: no replicas, or their rows are hidden).
 
-    ``replay_lag`` is NULL once a replica has caught up and no WAL flows, and for
-    roles without pg_monitor: both count as no lag.
+    ``replay_lag`` is NULL once a replica has caught up and no WAL flows: no lag.
+    A role without pg_monitor sees the rows with ``state`` NULL too: the query
+    then returns NULL, so the alarm is unknown rather than a false "no lag".
     """
     if in_recovery:
         return own_lag
