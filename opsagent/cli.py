@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("runbook", "list runbooks, or print one")
     p.add_argument("alert", nargs="?", metavar="ALERT")
+
+    p = command("silence", "hold a target's pages for a while (and silence it in Alertmanager when configured)")
+    p.add_argument("--target", required=True, metavar="NAME", help="the target whose alerts to hold")
+    p.add_argument("--for", dest="duration", required=True, metavar="DURATION", help="how long, such as 2h")
+    p.add_argument("--comment", help="why (shown on the status page and in Alertmanager)")
+    p.add_argument("--check", metavar="KIND", help="only alerts of this check kind")
+    p.add_argument("--json", action="store_true", help="print the silence as JSON")
     return parser
 
 
@@ -142,6 +149,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         sys.stdout.write(render_rules(settings))
         return EXIT_OK
+    if cmd == "silence":
+        from opsagent.silence import cmd_silence
+
+        return cmd_silence(settings, args.target, args.duration, args.comment, args.check, args.json)
     from opsagent.backup import commands
 
     if cmd == "backup":

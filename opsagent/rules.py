@@ -31,6 +31,8 @@ _BACKUP_EXPRESSIONS = {
 # Detail fields that a check also exports as a gauge (value = the compared number).
 _FIELD_METRICS = {
     "dlq_visible_messages": "opsagent_sqs_dlq_visible_messages",
+    "replication_lag_max_seconds": "opsagent_postgres_replication_lag_max_seconds",
+    "pool_saturation": "opsagent_pgbouncer_pool_saturation_ratio",
 }
 # Detail fields that are the complement of an exported 0/1 gauge.
 _FIELD_COMPLEMENTS = {
@@ -110,7 +112,9 @@ def rule_groups(settings: Settings) -> dict[str, Any]:
     from opsagent.checks import KINDS
 
     real_kinds = tuple(KINDS)
-    rules = [rule(a, settings, real_kinds) for a in (settings.alarm(n) for n in ALARMS) if a.enabled]
+    rules = [rule(a, settings, real_kinds) for a in (settings.alarm(n) for n in ALARMS)
+             if a.enabled and a.name not in SLO_ALARMS]
+    rules.extend(slo_rules(settings))
     return {"groups": [{"name": "opsagent", "rules": rules}]}
 
 
@@ -122,3 +126,90 @@ def render_rules(settings: Settings) -> str:
         "# evaluated over the metrics the agent exposes on /metrics.\n"
     )
     return header + yaml.safe_dump(rule_groups(settings), sort_keys=False, width=1000, allow_unicode=True)
+
+
+# -- error budgets (issue 17, SPEC §9.4) ------------------------------------------------------------
+
+SLO_ALARMS = ("ErrorBudgetBurn", "ErrorBudgetLowVolume")  # one rule per window pair and target with an slo
+
+
+def _increase(metric: str, target: str, seconds: float) -> str:
+    selector = f'{metric}{{check="error_rate",target="{target}"}}'
+    return f"sum without (instance) (increase({selector}[{format_duration(seconds)}]))"
+
+
+def _burn(target: str, seconds: float, budget: float) -> str:
+    errors = _increase("opsagent_error_rate_errors_total", target, seconds)
+    requests = _increase("opsagent_error_rate_requests_total", target, seconds)
+    return f"({errors} / {requests}) / {budget:g}"
+
+
+def slo_rules(settings: Settings) -> list[dict[str, Any]]:
+    """ErrorBudgetBurn per window pair and ErrorBudgetLowVolume per ``error_rate`` target with an ``slo``.
+
+    Each rule selects one target (objectives differ per target) and carries its
+    ``target`` label, so rules of different targets are not duplicates to promtool.
+
+    The same judgement as :mod:`opsagent.alerts.burnrate` over the counters the
+    agent exports: both windows burn faster than the pair's factor and both hold
+    at least ``min_events`` requests (``window_scale`` shrinks the windows alike).
+    """
+    from opsagent.alerts.burnrate import FAST, PAIRS
+
+    burn_alarm, low_alarm = settings.alarm("ErrorBudgetBurn"), settings.alarm("ErrorBudgetLowVolume")
+    override = settings.alerts.ErrorBudgetBurn  # type: ignore[attr-defined] # fields made from the catalogue
+    severity = override.severity if override is not None else None  # else each pair's own
+    agent = settings.agent.name
+    out: list[dict[str, Any]] = []
+    for target in settings.checks.error_rate:
+        slo = target.slo
+        if slo is None or not target.enabled:
+            continue
+        budget, scale, name = 1.0 - slo.objective, slo.window_scale, target.name
+        requests = "opsagent_error_rate_requests_total"
+        if burn_alarm.enabled:
+            for pair in PAIRS:
+                long_s, short_s = pair.long_seconds * scale, pair.short_seconds * scale
+                expr = (f"{_burn(name, long_s, budget)} > {pair.factor:g} "
+                        f"and {_burn(name, short_s, budget)} > {pair.factor:g} "
+                        f"and {_increase(requests, name, long_s)} >= {slo.min_events} "
+                        f"and {_increase(requests, name, short_s)} >= {slo.min_events}")
+                windows = f"{format_duration(pair.long_seconds)} and {format_duration(pair.short_seconds)}"
+                out.append(_slo_rule(
+                    settings, "ErrorBudgetBurn", expr, burn_alarm.for_seconds,
+                    {"severity": severity or pair.severity, "agent": agent, "check": "error_rate", "target": name,
+                     "window": pair.name},
+                    f"burn rate {{{{ $value | printf \"%.1f\" }}}}x over {windows} > threshold {pair.factor:g}x "
+                    f"(objective {slo.objective * 100:g}%)",
+                    '{{ $value | printf "%.1f" }}', f"{pair.factor:g}"))
+        if low_alarm.enabled:
+            long_s, short_s = FAST.long_seconds * scale, FAST.short_seconds * scale
+            expr = (f"{_increase('opsagent_error_rate_errors_total', name, long_s)} >= {slo.low_volume_errors} "
+                    f"and {_increase(requests, name, short_s)} < {slo.min_events} "
+                    f"and {_burn(name, long_s, budget)} > {FAST.factor:g}")
+            out.append(_slo_rule(
+                settings, "ErrorBudgetLowVolume", expr, low_alarm.for_seconds,
+                {"severity": low_alarm.severity, "agent": agent, "check": "error_rate", "target": name},
+                f"{{{{ $value | printf \"%.0f\" }}}} failed requests over {format_duration(FAST.long_seconds)} "
+                f">= threshold {slo.low_volume_errors} with fewer than {slo.min_events} requests in "
+                f"{format_duration(FAST.short_seconds)}",
+                '{{ $value | printf "%.0f" }}', f"{slo.low_volume_errors}"))
+    return out
+
+
+def _slo_rule(settings: Settings, name: str, expr: str, for_seconds: float, labels: dict[str, str],
+              measure: str, value: str, threshold: str) -> dict[str, Any]:
+    summary = ALARMS[name].summary.replace("{target}", "{{ $labels.target }}")
+    return {
+        "alert": name,
+        "expr": expr,
+        "for": format_duration(for_seconds),
+        "labels": labels,
+        "annotations": {
+            "summary": summary,
+            "description": f"{summary} (error_rate/{{{{ $labels.target }}}} on agent {settings.agent.name}): {measure}.",
+            "value": value,
+            "threshold": threshold,
+            "runbook_url": runbook_url(settings.agent.runbook_base_url, name),
+        },
+    }

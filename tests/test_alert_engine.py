@@ -194,7 +194,7 @@ def test_alert_carries_exactly_the_specified_labels_and_annotations() -> None:
 )
 def test_transitions_follow_for_and_hysteresis(steps: list[tuple[int, bool]], for_seconds: int, interval: int) -> None:
     """For any sequence of readings, alerts alternate firing/resolved, fire only after `for`, clear only after the interval."""
-    rule = Rule("HighCPU", 0.8, for_seconds, "warning")
+    rule = Rule("HighCPU", 0.8, for_seconds, "warning", flap_detection=False)  # flapping: test_alert_quality.py
     state: AlertState | None = None
     firing = False
     at = 0

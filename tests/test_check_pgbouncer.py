@@ -71,6 +71,7 @@ def test_four_clients_on_a_pool_of_two_leave_clients_waiting(private_pgbouncer: 
         assert pool["cl_waiting"] == 2
         assert pool["sv_active"] == 2
         assert pool["pool_size"] == 2
+        assert reading.details["pool_saturation"] == 1.0  # PgBouncerPoolSaturated: sv_active / pool_size
         assert reading.details["longest_wait_seconds"] > 0
         assert "2 client(s) waiting" in reading.details["summary"]
         assert reading.source == "admin console"

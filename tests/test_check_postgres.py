@@ -214,6 +214,27 @@ def test_replica_reports_replication_lag(primary_and_replica: tuple[PostgresServ
         on_replica.close()
 
 
+def test_a_primary_covers_its_replicas_lag_for_the_lag_alarm(primary_and_replica: tuple[PostgresServer, PostgresServer],
+                                                             check: PostgresCheck) -> None:
+    """A primary with a streaming replica reports replication_lag_max_seconds from pg_stat_replication (the field
+    PostgresReplicaLagHigh compares); the replica reports its own lag there; a lone primary reports none."""
+    primary, replica = primary_and_replica
+    on_primary = PostgresCheck(target(primary.dsn()))
+    on_replica = PostgresCheck(target(replica.dsn()))
+    try:
+        reading = poll(on_primary.measure, lambda r: "replication_lag_max_seconds" in r.details)
+        assert reading.details["role"] == "primary" and reading.details["replication_lag_max_seconds"] >= 0
+        gauges = {g.name: g.value for g in reading.gauges}
+        assert gauges["opsagent_postgres_replication_lag_max_seconds"] == reading.details["replication_lag_max_seconds"]
+        own = on_replica.measure().details
+        assert own["replication_lag_max_seconds"] == own["replication_lag_seconds"]
+        assert ALARMS["PostgresReplicaLagHigh"].field == "replication_lag_max_seconds"
+        assert "replication_lag_max_seconds" not in check.measure().details  # a primary without replicas
+    finally:
+        on_primary.close()
+        on_replica.close()
+
+
 # -- down, refused, hanging: through the runner ---------------------------------------------------
 
 

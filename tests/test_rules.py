@@ -12,7 +12,7 @@ import yaml
 
 from opsagent.alerts.catalog import ALARMS
 from opsagent.config import Settings
-from opsagent.rules import render_rules
+from opsagent.rules import SLO_ALARMS, render_rules
 
 RB = "https://rb.example/runbooks/"
 
@@ -36,7 +36,7 @@ def test_exported_rules_pass_promtool_check(tmp_path: Path) -> None:
     checked = _promtool("check", "rules", "rules.yml", cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     names = [r["alert"] for r in yaml.safe_load((tmp_path / "rules.yml").read_text())["groups"][0]["rules"]]
-    assert names == [n for n in ALARMS if n != "HighMemory"]
+    assert names == [n for n in ALARMS if n != "HighMemory" and n not in SLO_ALARMS]  # no slo configured
 
 
 def test_exported_rules_carry_overrides_labels_and_runbooks() -> None:

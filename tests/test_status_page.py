@@ -113,6 +113,7 @@ class FakeView:
     backups_: dict[str, Any] | None = field(default_factory=lambda: dict(INCIDENT_BACKUPS))
     delivery_: list[SinkStats] = field(default_factory=lambda: list(INCIDENT_DELIVERY))
     history_: list[AlertEvent] = field(default_factory=lambda: list(INCIDENT_HISTORY))
+    quality_: dict[str, Any] = field(default_factory=dict)
     settings: PageSettings = field(default_factory=lambda: SETTINGS)
 
     def page_settings(self) -> PageSettings:
@@ -135,6 +136,9 @@ class FakeView:
 
     def history(self, limit: int) -> list[AlertEvent]:
         return self.history_[:limit]
+
+    def quality(self) -> dict[str, Any]:
+        return self.quality_
 
     def delivery(self) -> list[SinkStats]:
         return self.delivery_

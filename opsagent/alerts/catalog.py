@@ -39,6 +39,7 @@ class AlarmSpec:
     kind: ValueKind
     summary: str  # short human title; ``{target}`` is filled in
     field: str | None = None  # compare ``reading.details[field]`` instead of ``reading.value``
+    also_checks: tuple[str, ...] = ()  # further kinds whose readings carry ``field`` (bullmq's Redis)
 
     @property
     def runbook(self) -> str:
@@ -84,6 +85,20 @@ ALARMS: dict[str, AlarmSpec] = {
         AlarmSpec("S3ReplicationDisabled", "s3_replication", 0.0, Comparison.GT, 0, "critical", ValueKind.FLAG,
                   "Bucket {target} has no enabled replication rule to its destination",
                   field="replication_disabled"),
+        # Alert quality (issue 17, SPEC §9.4). ErrorBudget* are judged from per-minute buckets by
+        # opsagent.alerts.budget, not from one reading: their ``check`` "slo" names no check kind.
+        AlarmSpec("ErrorBudgetBurn", "slo", None, Comparison.GT, 0, "critical", ValueKind.COUNT,
+                  "{target} is burning its error budget too fast"),
+        AlarmSpec("ErrorBudgetLowVolume", "slo", None, Comparison.GE, 0, "critical", ValueKind.COUNT,
+                  "Low-traffic {target} is failing most of its few requests"),
+        AlarmSpec("PostgresReplicaLagHigh", "postgres", 60.0, Comparison.GT, 300, "warning", ValueKind.DURATION,
+                  "PostgreSQL {target} replication lag is high", field="replication_lag_max_seconds"),
+        AlarmSpec("PgBouncerPoolSaturated", "pgbouncer", 0.9, Comparison.GE, 300, "warning", ValueKind.RATIO,
+                  "A PgBouncer {target} pool has nearly all its server connections active",
+                  field="pool_saturation"),
+        AlarmSpec("RedisEvictionPolicyUnsafe", "redis", 0.0, Comparison.GT, 0, "critical", ValueKind.FLAG,
+                  "Redis {target} backs a queue but may evict keys (maxmemory_policy is not noeviction)",
+                  field="eviction_policy_unsafe", also_checks=("bullmq",)),
     )
 }
 
@@ -92,4 +107,4 @@ SEVERITIES = ("critical", "warning", "info")
 
 def alarms_for_check(check: str) -> list[AlarmSpec]:
     """Value alarms that compare readings of ``check`` (TargetDown excluded)."""
-    return [a for a in ALARMS.values() if a.check == check]
+    return [a for a in ALARMS.values() if a.check == check or check in a.also_checks]

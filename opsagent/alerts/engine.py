@@ -16,6 +16,13 @@ Rules (SPEC §3 and the issue):
 * A down target fires ``TargetDown`` and marks its value alarms *unknown*: a
   firing value alarm stays firing (neither resolved nor re-fired), a pending one
   falls back to inactive because its run of consecutive breaches is broken.
+* ``clear_for`` (release 2) replaces "one interval" when set; ``recovery_threshold``
+  makes "back" mean back on the good side of that second threshold, so a value
+  hovering at the threshold cannot resolve and re-fire on every wobble.
+* Flapping (release 2, :mod:`opsagent.alerts.flapping`): every judged result joins
+  a 21-result history; above 50 % weighted state change the alert is *flapping*:
+  it fires once (if it was not firing already), then neither resolves nor re-fires
+  until the score falls below 25 %, when the normal rules resume.
 """
 
 from __future__ import annotations
@@ -23,13 +30,14 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
+from opsagent.alerts import flapping as flap
 from opsagent.alerts.catalog import ALARMS, AlarmSpec, Comparison
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     INACTIVE = "inactive"
     PENDING = "pending"
     FIRING = "firing"
@@ -46,6 +54,9 @@ class Rule:
     enabled: bool = True
     comparison: Comparison = Comparison.GT
     field: str | None = None
+    clear_for: float | None = None  # seconds back to normal before resolving; None = the target's interval
+    recovery_threshold: float | None = None  # "back to normal" means not breaching this one
+    flap_detection: bool = True
 
     @property
     def spec(self) -> AlarmSpec:
@@ -81,10 +92,19 @@ class AlertState:
     last_at: float | None = None
     unknown: bool = False  # target down: the value alarm cannot be judged
     notified: bool = False  # the firing transition was handed to the outbox
+    window: str | None = None  # extra ``window`` label (ErrorBudgetBurn: one alert per window pair)
+    history: str = ""  # last judged results, "1" breaching / "0" not (flap detection)
+    flapping: bool = False
 
     @property
     def key(self) -> tuple[str, str, str]:
-        return (self.alertname, self.check, self.target)
+        """(alertname, check, target); an alert with a window label keys as ``Name[window]``."""
+        name = self.alertname if self.window is None else f"{self.alertname}[{self.window}]"
+        return (name, self.check, self.target)
+
+    @property
+    def flap_percent(self) -> float:
+        return flap.percent_state_change(self.history)
 
     @property
     def active(self) -> bool:
@@ -112,9 +132,11 @@ class Transition:
 
 
 def evaluate(prev: AlertState | None, rule: Rule, check: str, target: str, obs: Observation,
-             interval: float) -> tuple[AlertState, Transition | None]:
+             interval: float, window: str | None = None) -> tuple[AlertState, Transition | None]:
     """Advance one alarm's state by one observation; return the new state and any transition."""
-    s = prev if prev is not None else AlertState(rule.name, check, target, severity=rule.severity)
+    s = prev if prev is not None else AlertState(rule.name, check, target, severity=rule.severity, window=window)
+    if s.window != window:  # a state rebuilt without its label (restart reconcile) keeps its identity
+        s = replace(s, window=window)
     if s.last_at is not None and obs.at < s.last_at:
         return s, None  # a stale, out-of-order result never moves the state backwards
     # Severity is a label, part of the fingerprint: frozen while an alert is active so its resolution matches.
@@ -124,7 +146,7 @@ def evaluate(prev: AlertState | None, rule: Rule, check: str, target: str, obs: 
     if not rule.enabled:
         if s.phase is Phase.FIRING:
             return _resolve(s, obs.at)
-        return _inactive(s), None
+        return replace(_inactive(s), history="", flapping=False), None
 
     if obs.breaching is None:
         if s.phase is Phase.FIRING:
@@ -132,6 +154,17 @@ def evaluate(prev: AlertState | None, rule: Rule, check: str, target: str, obs: 
         return replace(_inactive(s), unknown=True, error=obs.error), None
 
     s = replace(s, unknown=False, value=obs.value, error=obs.error)
+    if rule.flap_detection:
+        history = flap.record(s.history, obs.breaching)
+        s = replace(s, history=history, flapping=flap.is_flapping(s.flapping, flap.percent_state_change(history)))
+        if s.flapping:
+            if s.phase is Phase.FIRING:
+                return replace(s, clear_since=None), None  # held: no resolution, no re-page while flapping
+            if obs.breaching:  # one page for the whole episode, without waiting for `for` to be met again
+                since = s.pending_since if s.pending_since is not None else obs.at
+                s = replace(s, phase=Phase.FIRING, pending_since=since, firing_since=obs.at, clear_since=None,
+                            resolved_at=None, notified=False)
+                return s, Transition("firing", s, obs.at)
     if obs.breaching:
         s = replace(s, clear_since=None)
         if s.phase is Phase.INACTIVE:
@@ -144,11 +177,21 @@ def evaluate(prev: AlertState | None, rule: Rule, check: str, target: str, obs: 
 
     # Not breaching.
     if s.phase is Phase.FIRING:
+        if _short_of_recovery(rule, obs.value):
+            return replace(s, clear_since=None), None
         clear_since = s.clear_since if s.clear_since is not None else obs.at
-        if interval <= 0 or obs.at - clear_since >= interval:
+        clear_for = rule.clear_for if rule.clear_for is not None else interval
+        if clear_for <= 0 or obs.at - clear_since >= clear_for:
             return _resolve(replace(s, clear_since=clear_since), obs.at)
         return replace(s, clear_since=clear_since), None
     return _inactive(s), None
+
+
+def _short_of_recovery(rule: Rule, value: float | None) -> bool:
+    """True while a value is under the alarm threshold but not yet past ``recovery_threshold``."""
+    if rule.recovery_threshold is None or value is None:
+        return False
+    return rule.comparison.breached(value, rule.recovery_threshold)
 
 
 def _inactive(s: AlertState) -> AlertState:
@@ -173,7 +216,7 @@ class EngineConfig:
     down_kinds: Collection[str] = ()  # check kinds whose down results raise TargetDown
 
     def value_rules(self, check: str) -> list[Rule]:
-        return [r for r in self.rules.values() if r.spec.check == check]
+        return [r for r in self.rules.values() if r.spec.check == check or check in r.spec.also_checks]
 
     def interval(self, check: str, target: str) -> float:
         return self.intervals.get((check, target), 0.0)

@@ -36,6 +36,7 @@ from opsagent.alerts.engine import (
     evaluate_result,
 )
 from opsagent.alerts.history import AlertEvent, AlertHistory
+from opsagent.alerts.quality import AlertQuality
 from opsagent.alerts.render import Identity, alert_payload, fingerprint, labels_for
 from opsagent.config import Settings
 from opsagent.notify.base import Sink
@@ -62,7 +63,8 @@ def engine_config(settings: Settings) -> EngineConfig:
     for name in ALARMS:
         eff = settings.alarm(name)
         rules[name] = Rule(name=name, threshold=eff.threshold, for_seconds=eff.for_seconds, severity=eff.severity,
-                           enabled=eff.enabled, comparison=eff.spec.comparison, field=eff.spec.field)
+                           enabled=eff.enabled, comparison=eff.spec.comparison, field=eff.spec.field,
+                           clear_for=eff.clear_for, recovery_threshold=eff.recovery_threshold)
     intervals = {(kind, t.name): t.interval for kind, t in settings.checks.targets()}
     return EngineConfig(rules=rules, intervals=intervals, down_kinds=tuple(KINDS))
 
@@ -135,6 +137,8 @@ class AlertPipeline:
             for s in self.sinks
         }
         self._history = AlertHistory(self.state_dir)
+        self.quality = AlertQuality(settings, self.config, self.state_dir, clock)  # budgets, forecasts, holds
+        self._held_keys: set[StateKey] = set()
         self._load()
         self._reconcile()
 
@@ -194,11 +198,11 @@ class AlertPipeline:
                     resolved = AlertState.from_dict({**state.to_dict(), "resolved_at": now})
                     if state.notified:
                         self._enqueue(Transition("resolved", resolved, now))
-                    self._states[key] = AlertState(state.alertname, state.check, state.target,
+                    self._states[key] = AlertState(state.alertname, state.check, state.target, window=state.window,
                                                    severity=state.severity, last_at=state.last_at)
                     self._contexts.pop(key, None)
                     changed = True
-                elif not state.notified:
+                elif not state.notified and not self._held(state, now):
                     self._enqueue(Transition("firing", state, now), self._contexts.get(key))
                     self._mark_notified(key)
                     changed = True
@@ -216,6 +220,9 @@ class AlertPipeline:
                 self._states, self.config, check=result.check, target=result.target, up=result.up,
                 value=result.value, details=result.details, at=result.at,
                 error=_reason(result))
+            budget_states, budget_transitions = self.quality.evaluate(self._states, result, _reason(result))
+            new_states, transitions = [*new_states, *budget_states], [*transitions, *budget_transitions]
+            self.quality.observe(result)
             for state in new_states:
                 self._states[state.key] = state
             self._up[(result.check, result.target)] = result.up
@@ -244,7 +251,9 @@ class AlertPipeline:
                 if current is None or current.phase is not Phase.FIRING or current.notified \
                         or current.firing_since != t.state.firing_since:
                     continue  # resolved or re-fired meanwhile: the newer transition speaks for it
-                ctx = contexts.get(t.state.key) or {}
+                if self._held(current, t.at):
+                    continue
+                ctx = {**(contexts.get(t.state.key) or {}), **self.quality.page_context(*t.state.key)}
                 if ctx:
                     self._contexts[t.state.key] = ctx
                 self._enqueue(Transition("firing", current, t.at), ctx)
@@ -253,7 +262,7 @@ class AlertPipeline:
 
     @staticmethod
     def _persisted_view(s: AlertState) -> tuple[Any, ...]:
-        return (s.phase, s.pending_since, s.firing_since, s.clear_since, s.notified, s.unknown)
+        return (s.phase, s.pending_since, s.firing_since, s.clear_since, s.notified, s.unknown, s.flapping)
 
     def _mark_notified(self, key: StateKey) -> None:
         state = self._states[key]
@@ -330,12 +339,14 @@ class AlertPipeline:
                 log.warning("notify_worker_still_busy", sink=name)
         with self._lock:
             self._save()
+        self.quality.save()
 
     def tick(self) -> None:
         """Re-send firing alerts to Alertmanager every ``notify.repeat_interval`` (it forgets unrefreshed alerts)."""
         with self._lock:
             for name in self._unsent:
                 self._flush(name)
+            self._release_held()
         outbox = self.outboxes.get("alertmanager")
         if outbox is None:
             return
@@ -364,9 +375,13 @@ class AlertPipeline:
         out = []
         for s in sorted(states, key=lambda s: (s.phase is not Phase.FIRING, s.alertname, s.check, s.target)):
             payload = alert_payload(s, "firing", self.ident, at=now, context=contexts.get(s.key))
+            hold = self.quality.hold(s, now)
             out.append({
                 "alertname": s.alertname,
-                "state": s.phase.value,
+                "state": "flapping" if s.flapping and s.phase is Phase.FIRING else s.phase.value,
+                "silenced": hold is not None,
+                "silenced_by": hold.to_dict() if hold is not None else None,
+                "flap_percent": round(s.flap_percent, 1),
                 "labels": payload["labels"],
                 "annotations": payload["annotations"],
                 "value": s.value,
@@ -402,7 +417,8 @@ class AlertPipeline:
             for rule in enabled:
                 state = states[rule.name]
                 if state is not None and state.phase is phase and not (phase is Phase.PENDING and state.unknown):
-                    return {"alert": rule.name, "threshold": rule.threshold, "state": phase.value}
+                    shown = "flapping" if state.flapping and phase is Phase.FIRING else phase.value
+                    return {"alert": rule.name, "threshold": rule.threshold, "state": shown}
         first_state = states[first.name]
         if not up or (first_state is not None and first_state.unknown):
             return {"alert": first.name, "threshold": threshold, "state": "unknown"}
@@ -444,9 +460,35 @@ class AlertPipeline:
         yield depth
         yield sent
         yield failures
+        yield from self.quality.collect()
 
     def fingerprint_of(self, alertname: str, check: str, target: str) -> str:
         """The fingerprint an alert for this target has (tests, status links)."""
         rule = self.config.rules[alertname]
         state = AlertState(alertname, check, target, severity=rule.severity)
         return fingerprint(labels_for(state, self.ident.agent))
+
+    # -- holds (maintenance windows, silences; issue 17) -------------------------------------------
+
+    def _held(self, state: AlertState, at: float) -> bool:
+        """True while a maintenance window or silence holds this page (it stays un-notified until released)."""
+        hold = self.quality.hold(state, at)
+        if hold is not None:
+            self._held_keys.add(state.key)
+            log.info("alert_held", alertname=state.alertname, check=state.check, target=state.target,
+                     source=hold.source, silence=hold.id, until=hold.ends_at)
+        return hold is not None
+
+    def _release_held(self) -> None:
+        """Page what a hold kept back once the hold has ended and the alert still fires (under the lock)."""
+        now = self.clock()
+        for key in list(self._held_keys):
+            state = self._states.get(key)
+            if state is None or state.phase is not Phase.FIRING or state.notified:
+                self._held_keys.discard(key)  # resolved while held: no page, so no resolution either
+            elif self.quality.hold(state, now) is None:
+                self._held_keys.discard(key)
+                self._enqueue(Transition("firing", state, now),
+                              {**self._contexts.get(key, {}), **self.quality.page_context(*key)})
+                self._mark_notified(key)
+                self._save()

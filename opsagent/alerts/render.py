@@ -42,13 +42,16 @@ def fingerprint(labels: Mapping[str, str]) -> str:
 
 
 def labels_for(state: AlertState, agent: str) -> dict[str, str]:
-    return {
+    labels = {
         "alertname": state.alertname,
         "severity": state.severity,
         "check": state.check,
         "target": state.target,
         "agent": agent,
     }
+    if state.window is not None:  # ErrorBudgetBurn: one alert per window pair (SPEC §9.4)
+        labels["window"] = state.window
+    return labels
 
 
 def format_value(alertname: str, value: float | None) -> str:

@@ -65,7 +65,9 @@ class BullMQCheck(SimpleCheck):
             pipe.zcard(f"{base}:delayed")
             pipe.zcard(f"{base}:failed")
             pipe.zcount(f"{base}:failed", since_ms, "+inf")
+        pipe.info("memory")  # maxmemory_policy: BullMQ loses jobs unless noeviction (CONFIG is off on ElastiCache)
         answers = pipe.execute()
+        memory: dict[str, Any] = answers.pop() or {}
         queues: dict[str, dict[str, int]] = {}
         missing: list[str] = []
         for i, queue in enumerate(self._keys):
@@ -92,6 +94,8 @@ class BullMQCheck(SimpleCheck):
             "recent_failed_jobs": sum(c["recent_failed"] for c in queues.values()),
             "failed_window_seconds": self.target.failed_window,
             "prefix": self.target.prefix,
+            "maxmemory_policy": memory.get("maxmemory_policy"),
+            "eviction_policy_unsafe": 0 if memory.get("maxmemory_policy") == "noeviction" else 1,
         }
         return Reading(float(queues[worst]["waiting"]), details, gauges, source="redis")
 

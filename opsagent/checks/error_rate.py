@@ -201,7 +201,7 @@ class ErrorRateCheck:
         parsed = parse_counters(self._scrape(), t.requests_metric, t.status_label, t.route_label)
         sample = Sample(time.monotonic(), parsed.total, parsed.errors, parsed.routes)
         result = self._window.add(sample)
-        return self._reading(result, "prometheus")
+        return self._with_counters(self._reading(result, "prometheus"), sample)
 
     # -- CloudWatch ------------------------------------------------------------------------
 
@@ -249,6 +249,16 @@ class ErrorRateCheck:
             Gauge("opsagent_error_rate_window_seconds", float(self.target.window), help="configured window"),
         )
         return Reading(value=r.ratio, details=details, gauges=gauges, source=source)
+
+    @staticmethod
+    def _with_counters(reading: Reading, sample: Sample) -> Reading:
+        """Add the app's cumulative counters: error budgets (SPEC §9.4) count their increase per minute,
+        and Prometheus evaluates the same burn-rate rules over the exported counters."""
+        details = {**reading.details, "requests_total": sample.total, "errors_total": sample.errors}
+        gauges = (*reading.gauges,
+                  Gauge("opsagent_error_rate_requests_total", sample.total, help="requests the app counted (cumulative)"),
+                  Gauge("opsagent_error_rate_errors_total", sample.errors, help="5xx responses the app counted (cumulative)"))
+        return Reading(value=reading.value, details=details, gauges=gauges, source=reading.source)
 
     def context(self) -> Mapping[str, Any]:
         """Top failing routes across the window (Prometheus source with a route label)."""

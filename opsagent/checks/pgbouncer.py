@@ -91,6 +91,12 @@ def summarise_pools(pools: list[dict[str, Any]], databases: list[dict[str, Any]]
     return out
 
 
+def pool_saturation(pools: list[dict[str, Any]]) -> float | None:
+    """The busiest pool's sv_active / pool_size (PgBouncerPoolSaturated); None without a sized pool."""
+    ratios = [p["sv_active"] / p["pool_size"] for p in pools if p["pool_size"] > 0]
+    return round(max(ratios), 6) if ratios else None
+
+
 class PgBouncerCheck:
     """Total ``cl_waiting`` over all pools; per-pool clients, servers and waits."""
 
@@ -133,6 +139,7 @@ class PgBouncerCheck:
             "servers_active": sum(p["sv_active"] for p in pools),
             "servers_idle": sum(p["sv_idle"] for p in pools),
             "pools": pools,
+            "pool_saturation": pool_saturation(pools),
             "summary": (f"{waiting} client(s) waiting for a server connection"
                         + (f", longest for {longest:.1f}s" if waiting else "")),
         }
@@ -146,6 +153,9 @@ class PgBouncerCheck:
             labels = {"database": str(row.get("database"))}
             gauges.extend(Gauge(metric, _num(row[field]) * scale, labels, text)
                           for field, (metric, scale, text) in STATS_GAUGES.items() if field in row)
+        if details["pool_saturation"] is not None:
+            gauges.append(Gauge("opsagent_pgbouncer_pool_saturation_ratio", details["pool_saturation"],
+                                help="the busiest pool's active server connections / pool_size"))
         return Reading(value=float(waiting), details=details, gauges=tuple(gauges), source="admin console")
 
     def context(self) -> Mapping[str, Any]:

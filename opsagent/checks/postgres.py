@@ -58,7 +58,9 @@ SELECT
     END,
     CASE WHEN pg_is_in_recovery() THEN
         COALESCE(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::float8
-    END
+    END,
+    (SELECT CASE WHEN bool_and(state IS NOT NULL) THEN EXTRACT(EPOCH FROM max(COALESCE(replay_lag, interval '0')))
+            END::float8 FROM pg_stat_replication)
 """
 
 CONTEXT_SQL = """
@@ -84,6 +86,8 @@ GAUGES: dict[str, tuple[str, str]] = {
                                 "replay lag of this replica behind its primary"),
     "replication_lag_bytes": ("opsagent_postgres_replication_lag_bytes",
                               "WAL received but not yet replayed on this replica"),
+    "replication_lag_max_seconds": ("opsagent_postgres_replication_lag_max_seconds",
+                                    "this replica's lag, or on a primary its slowest replica's replay_lag"),
 }
 
 
@@ -183,6 +187,19 @@ class ConnectionSlot:
                     self._conn = None
 
 
+def replication_lag_max(in_recovery: bool, own_lag: float | None, replicas_lag: float | None) -> float | None:
+    """What PostgresReplicaLagHigh compares: a replica's own lag; a primary's slowest ``pg_stat_replication``
+    replay_lag, so one primary target covers its replicas (None: no replicas, or their rows are hidden).
+
+    ``replay_lag`` is NULL once a replica has caught up and no WAL flows: no lag.
+    A role without pg_monitor sees the rows with ``state`` NULL too: the query
+    then returns NULL, so the alarm is unknown rather than a false "no lag".
+    """
+    if in_recovery:
+        return own_lag
+    return None if replicas_lag is None else round(max(0.0, float(replicas_lag)), 3)
+
+
 class PostgresCheck:
     """Connections in use / usable, by state, oldest idle transaction, replica lag."""
 
@@ -217,7 +234,7 @@ class PostgresCheck:
 
     def measure(self) -> Reading:
         (max_conn, su_reserved, reserved, in_use, hidden, by_state, idle_tx, longest_query,
-         in_recovery, lag_s, lag_bytes) = self._fetchone(MEASURE_SQL)
+         in_recovery, lag_s, lag_bytes, replicas_lag) = self._fetchone(MEASURE_SQL)
         usable = max_conn - su_reserved - reserved
         if usable <= 0:
             raise CheckError(
@@ -243,6 +260,9 @@ class PostgresCheck:
         if in_recovery:
             details["replication_lag_seconds"] = round(max(0.0, float(lag_s or 0.0)), 3)
             details["replication_lag_bytes"] = int(lag_bytes or 0)
+        lag_max = replication_lag_max(bool(in_recovery), details.get("replication_lag_seconds"), replicas_lag)
+        if lag_max is not None:
+            details["replication_lag_max_seconds"] = lag_max
         gauges = [Gauge(metric, float(details[key]), help=text)
                   for key, (metric, text) in GAUGES.items() if key in details]
         gauges.extend(Gauge("opsagent_postgres_connections", float(n), {"state": state},

@@ -110,6 +110,8 @@ class RedisCheck:
             "keyspace_hit_ratio": round(hits / (hits + misses), 6) if hits + misses else None,
             "connected_clients": int(info.get("connected_clients", 0)),
             "redis_version": info.get("redis_version"),
+            "role": self.target.role,
+            "eviction_policy_unsafe": eviction_unsafe(info.get("maxmemory_policy")) if self.target.role == "queue" else 0,
         }
         gauges = [Gauge(metric, float(info[field]), help=text)
                   for field, (metric, text) in GAUGES.items() if _is_number(info.get(field))]
@@ -126,6 +128,11 @@ class RedisCheck:
 
     def close(self) -> None:
         self._client.close()
+
+
+def eviction_unsafe(policy: object) -> int:
+    """1 when a Redis that backs a queue may evict keys (anything but ``noeviction`` loses jobs), else 0."""
+    return 0 if policy == "noeviction" else 1
 
 
 def _is_number(value: object) -> bool:

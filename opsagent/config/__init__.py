@@ -6,6 +6,7 @@ environment, ``problems`` words every error as one line naming its key.
 
 from __future__ import annotations
 
+from opsagent.config.fields import Duration, Ratio, TargetName
 from opsagent.config.load import load_config, read_yaml, resolve_config_path
 from opsagent.config.models import (
     CONFIG_ENV,
@@ -19,21 +20,18 @@ from opsagent.config.models import (
     BullMQTarget,
     ChecksSection,
     CloudWatchSource,
-    Duration,
     EffectiveAlarm,
     ErrorRateTarget,
     HostTarget,
     NotifySection,
     PgBouncerTarget,
     PostgresTarget,
-    Ratio,
     RedisTarget,
     RetentionPolicy,
     S3ReplicationTarget,
     Settings,
     SqsTarget,
     TargetBase,
-    TargetName,
 )
 from opsagent.config.problems import ConfigError
 

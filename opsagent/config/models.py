@@ -18,7 +18,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PlainSerializer,
     SecretStr,
     field_validator,
     model_validator,
@@ -32,11 +31,12 @@ from pydantic_settings import (
 
 from opsagent import secrets
 from opsagent.alerts.catalog import ALARMS, AlarmSpec, ValueKind
+from opsagent.config.fields import Duration, Ratio, TargetName  # noqa: F401 - Ratio kept for target models
+from opsagent.config.quality import MaintenanceWindow, SloPolicy
 from opsagent.cron import cron_trigger
 from opsagent.units import (
     DURATION_FORM,
     RATIO_FORM,
-    format_duration,
     parse_duration,
     parse_ratio,
 )
@@ -45,9 +45,6 @@ ENV_PREFIX = "OPSAGENT_"
 CONFIG_ENV = "OPSAGENT_CONFIG"
 DEFAULT_CONFIG_FILE = "opsagent.yaml"
 
-Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)]
-Ratio = Annotated[float, BeforeValidator(parse_ratio)]
-TargetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")]
 
 _NAME_FORM = "letters, digits, '.', '_' or '-', at most 63 characters"
 
@@ -149,6 +146,7 @@ class PgBouncerTarget(TargetBase):
 
 class RedisTarget(TargetBase):
     url: RedisUrl
+    role: Literal["cache", "queue"] | None = None  # queue: must not evict (RedisEvictionPolicyUnsafe)
 
 
 class CloudWatchSource(Model):
@@ -164,11 +162,14 @@ class ErrorRateTarget(TargetBase):
     requests_metric: str = "http_requests_total"
     status_label: str = "status"
     route_label: str = "route"
+    slo: SloPolicy | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ErrorRateTarget:
         if (self.metrics_url is None) == (self.cloudwatch is None):
             raise ValueError("set exactly one of metrics_url or cloudwatch")
+        if self.slo is not None and self.cloudwatch is not None:
+            raise ValueError("slo needs metrics_url: error budgets are counted from the app's request counters")
         if self.window < 60 and self.cloudwatch is not None:
             raise ValueError(f"window must be at least 1m for CloudWatch; expected {DURATION_FORM}")
         return self
@@ -248,6 +249,8 @@ class AlertOverride(Model):
     for_: Duration | None = Field(default=None, alias="for")
     severity: Literal["critical", "warning", "info"] | None = None
     enabled: bool = True
+    clear_for: Duration | None = None  # how long the value must be back before it resolves (default: one interval)
+    recovery_threshold: float | str | None = None  # resolve only once past this (hysteresis band)
 
 
 class _AlertsBase(Model):
@@ -255,8 +258,8 @@ class _AlertsBase(Model):
     def _thresholds(self) -> _AlertsBase:
         for name in ALARMS:
             override = getattr(self, name)
-            if override is not None and override.threshold is not None:
-                _parse_threshold(ALARMS[name], override.threshold)
+            for key in [k for k in ("threshold", "recovery_threshold") if getattr(override, k, None) is not None]:
+                _parse_threshold(ALARMS[name], getattr(override, key), key)
         return self
 
 
@@ -372,6 +375,7 @@ class Settings(BaseSettings):
     alerts: AlertsSection = AlertsSection()
     notify: NotifySection = NotifySection()
     backup: BackupSection = BackupSection()
+    maintenance: list[MaintenanceWindow] = []
 
     @classmethod
     def settings_customise_sources(
@@ -406,12 +410,16 @@ class Settings(BaseSettings):
             threshold = self.backup.rpo
         if override is not None and override.threshold is not None:
             threshold = _parse_threshold(spec, override.threshold)
+        raw = None if override is None else override.recovery_threshold
+        recovery = None if raw is None else _parse_threshold(spec, raw, "recovery_threshold")
         return EffectiveAlarm(
             spec=spec,
             threshold=float(threshold or 0.0),
             for_seconds=spec.for_seconds if override is None or override.for_ is None else override.for_,
             severity=spec.severity if override is None or override.severity is None else override.severity,
             enabled=True if override is None else override.enabled,
+            clear_for=None if override is None else override.clear_for,
+            recovery_threshold=recovery,
         )
 
     def secret_values(self) -> list[str]:
@@ -467,13 +475,15 @@ class EffectiveAlarm(BaseModel):
     for_seconds: float
     severity: str
     enabled: bool
+    clear_for: float | None = None
+    recovery_threshold: float | None = None
 
     @property
     def name(self) -> str:
         return self.spec.name
 
 
-def _parse_threshold(spec: AlarmSpec, raw: float | str) -> float:
+def _parse_threshold(spec: AlarmSpec, raw: float | str, key: str = "threshold") -> float:
     try:
         if spec.kind is ValueKind.RATIO:
             return parse_ratio(raw)
@@ -483,7 +493,7 @@ def _parse_threshold(spec: AlarmSpec, raw: float | str) -> float:
     except (TypeError, ValueError) as exc:
         form = {ValueKind.RATIO: RATIO_FORM, ValueKind.DURATION: DURATION_FORM}.get(spec.kind, "a number")
         msg = str(exc) if spec.kind in (ValueKind.RATIO, ValueKind.DURATION) else f"{raw!r} is not {form}"
-        raise ValueError(f"alerts.{spec.name}.threshold: {msg}") from None
+        raise ValueError(f"alerts.{spec.name}.{key}: {msg}") from None
     if value < 0 or value != value:
-        raise ValueError(f"alerts.{spec.name}.threshold: must be a number >= 0")
+        raise ValueError(f"alerts.{spec.name}.{key}: must be a number >= 0")
     return value

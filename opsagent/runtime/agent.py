@@ -363,8 +363,12 @@ class AgentWebView:
         rows = []
         for doc in self._agent.pipeline.alerts():
             annotations = doc.get("annotations") or {}
+            hold = doc.get("silenced_by") if doc.get("silenced") else None
             rows.append(AlertRow(
-                alertname=doc["alertname"], state=str(doc.get("state")), severity=str(doc.get("severity")),
+                alertname=doc["alertname"], state="silenced" if hold else str(doc.get("state")),
+                severity=str(doc.get("severity")),
+                held_by=str(hold.get("source", "silence")) if hold else None,
+                held_until=hold.get("ends_at") if hold else None,
                 check=str(doc.get("check")), target=str(doc.get("target")), value=doc.get("value"),
                 threshold=doc.get("threshold"), since=doc.get("since"), fingerprint=str(doc.get("fingerprint")),
                 summary=str(annotations.get("summary", "")), description=str(annotations.get("description", "")),
@@ -374,6 +378,9 @@ class AgentWebView:
     def backups(self) -> dict[str, Any] | None:
         backup = self._agent.backup
         return backup.status() if backup is not None else None
+
+    def quality(self) -> dict[str, Any]:
+        return self._agent.pipeline.quality.status(self._agent.clock())
 
     def history(self, limit: int) -> list[AlertEvent]:
         return self._agent.pipeline.history(limit)

@@ -79,7 +79,7 @@ class ResultsCollector:
                                labels=["check", "target"])
         last = GaugeMetricFamily("opsagent_check_last_run_timestamp_seconds", "Unix time of the last finished run",
                                  labels=["check", "target"])
-        extra: dict[str, GaugeMetricFamily] = {}
+        extra: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
         for r in results:
             labels = [r.check, r.target]
             up.add_metric(labels, 1.0 if r.up else 0.0)
@@ -90,7 +90,10 @@ class ResultsCollector:
                 family = extra.get(g.name)
                 names = sorted(g.labels)
                 if family is None:
-                    family = extra[g.name] = GaugeMetricFamily(g.name, g.help or g.name, labels=["check", "target", *names])
+                    # A reading's cumulative count (name ending _total) is a counter (issue 17: error_rate's counters).
+                    kind = CounterMetricFamily if g.name.endswith("_total") else GaugeMetricFamily
+                    family = extra[g.name] = kind(g.name.removesuffix("_total") if kind is CounterMetricFamily else g.name,
+                                                  g.help or g.name, labels=["check", "target", *names])
                 family.add_metric([r.check, r.target, *(str(g.labels[n]) for n in names)], g.value)
         return [value, up, last, *extra.values()]
 

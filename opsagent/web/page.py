@@ -61,6 +61,7 @@ def render_page(snap: Snapshot) -> bytes:
     out.append(_delivery(snap))
     if snap.backups is not None:
         out.append(_dr(snap.backups, snap.now))
+    out.append(_holds(snap.quality, snap.now))
     out.append(_history(snap))
     out.append("</main><footer><nav aria-label='more'><a href='/status'>/status (JSON)</a><a href='/metrics'>/metrics</a>"
                "<a href='/runbooks/DisasterRecovery'>DR runbook</a></nav></footer></body></html>")
@@ -144,7 +145,7 @@ def _alerts(snap: Snapshot) -> str:
             f"<td data-label='target'>{e(a.check)}/{e(a.target)}</td><td class='num' data-label='value'>{e(value)}</td>"
             f"<td class='num' data-label='threshold'>{e(threshold)}</td>"
             f"<td data-label='since'>{fmt.ago(a.since, snap.now)} <small>{fmt.clock_time(a.since)}</small></td>"
-            f"<td class='text' data-label='description'>{_description(a.description)}</td>"
+            f"<td class='text' data-label='description'>{_held(a, snap.now)}{_description(a.description)}</td>"
             f"<td data-label='act'>{_silence_link(s.alertmanager_url, a, s.agent_name)}</td></tr>")
     out.append("</tbody></table></section>")
     return "".join(out)
@@ -356,5 +357,34 @@ def _history(snap: Snapshot) -> str:
             f"<td data-label='target'>{e(ev.check)}/{e(ev.target)}</td><td data-label='severity'>{e(ev.severity)}</td>"
             f"<td data-label='lasted'>{fmt.duration(ev.duration_seconds) if ev.duration_seconds is not None else ''}</td>"
             f"<td class='text' data-label='description'>{e(ev.description)}</td></tr>")
+    out.append("</tbody></table></section>")
+    return "".join(out)
+
+
+# -- maintenance windows and silences (issue 17) ----------------------------------------------------
+
+
+def _held(a: AlertRow, now: float) -> str:
+    """"Held by maintenance until 14:00 UTC": the agent is not paging for this alert right now."""
+    if not a.held_by:
+        return ""
+    return f"<p class='muted'>⊘ held by {e(a.held_by)} until {fmt.clock_time(a.held_until)}</p>"
+
+
+def _holds(quality: Mapping[str, Any], now: float) -> str:
+    holds = quality.get("silences") or []
+    if not holds:
+        return ""
+    out = ["<section aria-labelledby='h-holds'><h2 id='h-holds'>Maintenance windows and silences</h2>"
+           "<table class='cards'><thead><tr><th scope='col'>source</th><th scope='col'>matches</th>"
+           "<th scope='col'>from</th><th scope='col'>until</th><th scope='col'>state</th>"
+           "<th scope='col'>comment</th></tr></thead><tbody>"]
+    for h in holds:
+        match = ", ".join(f"{k}={v}" for k, v in sorted((h.get("match") or {}).items()))
+        state = "active" if h.get("active") else "upcoming"
+        out.append(f"<tr><td data-label='source'>{e(str(h.get('source')))}</td><td data-label='matches'>{e(match)}</td>"
+                   f"<td data-label='from'>{fmt.clock_time(h.get('starts_at'))}</td>"
+                   f"<td data-label='until'>{fmt.clock_time(h.get('ends_at'))}</td>"
+                   f"<td data-label='state'>{state}</td><td data-label='comment'>{e(str(h.get('comment') or ''))}</td></tr>")
     out.append("</tbody></table></section>")
     return "".join(out)

@@ -107,6 +107,8 @@ class AlertRow:
     fingerprint: str
     summary: str = ""
     description: str = ""
+    held_by: str | None = None  # "maintenance" or "silence": the page is held by the agent until ``held_until``
+    held_until: float | None = None
     document: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -138,6 +140,10 @@ class AgentView(Protocol):
 
     def backups(self) -> Mapping[str, Any] | None:
         """The backup service's status document, or None when no backups are configured."""
+        ...
+
+    def quality(self) -> Mapping[str, Any]:
+        """Maintenance windows, silences, error budgets and forecasts, as the pipeline reports them (JSON)."""
         ...
 
     def history(self, limit: int) -> list[AlertEvent]:

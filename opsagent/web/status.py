@@ -33,12 +33,13 @@ class Snapshot:
     backups: Mapping[str, Any] | None
     delivery: list[SinkStats]
     history: list[AlertEvent]
+    quality: Mapping[str, Any]
 
 
 def snapshot(view: AgentView, now: float) -> Snapshot:
     return Snapshot(now=now, settings=view.page_settings(), health=view.health(), checks=view.checks(),
                     alerts=view.alerts(), backups=view.backups(), delivery=view.delivery(),
-                    history=view.history(HISTORY_ROWS))
+                    history=view.history(HISTORY_ROWS), quality=view.quality())
 
 
 def status_document(snap: Snapshot) -> dict[str, Any]:
@@ -58,6 +59,7 @@ def status_document(snap: Snapshot) -> dict[str, Any]:
         "backups": dict(snap.backups) if snap.backups is not None else None,
         "notify": [s.to_json() for s in snap.delivery],
         "history": [e.to_json() for e in snap.history],
+        "quality": dict(snap.quality),  # silences, maintenance windows, error budgets, forecasts
         "generated_at": snap.now,
     }
     return secrets.scrub_any(doc)  # type: ignore[no-any-return]  # scrub_any keeps the shape it is given
