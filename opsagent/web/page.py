@@ -368,7 +368,7 @@ def _held(a: AlertRow, now: float) -> str:
     """"Held by maintenance until 14:00 UTC": the agent is not paging for this alert right now."""
     if not a.held_by:
         return ""
-    return f"<p class='muted'>⊘ held by {e(a.held_by)} until {fmt.clock_time(a.held_until)}</p>"
+    return f"<p class='muted'>⊘ silenced by {e(a.held_by)} until {fmt.clock_time(a.held_until)}</p>"
 
 
 def _holds(quality: Mapping[str, Any], now: float) -> str:
