@@ -53,6 +53,11 @@ class Manifest:
     verified: bool = True  # every object's checksum confirmed by the store where this manifest lives
     replicated_at: float | None = None  # set on replica-side manifests
     region: str | None = None
+    # Release 2 (issue 22). ``compression`` names the agent's stream codec (zstd, gzip, lz4, none: every object
+    # is stored that way) or, for pg_dump's own compression, "pg_dump:METHOD"; manifests before release 2 hold a
+    # description ("pg_dump custom format, gzip level 6"): pg_dump compressed those itself.
+    compression_level: int | None = None
+    dump_format: str = "custom"  # pg_dump --format: "custom" (one archive, data.dump) or "directory" (-Fd -j N)
 
     def to_json(self) -> bytes:
         data = asdict(self)
@@ -80,6 +85,8 @@ class Manifest:
             verified=bool(data.get("verified", True)),
             replicated_at=data.get("replicated_at"),
             region=data.get("region"),
+            compression_level=data.get("compression_level"),
+            dump_format=data.get("dump_format", "custom"),
         )
 
     def as_replica(self, replicated_at: float, region: str | None) -> Manifest:
