@@ -28,6 +28,10 @@ DEFAULT = "zstd"
 DEFAULT_LEVEL = {"zstd": 3, "gzip": 6, "lz4": 0, "none": 0}
 LEVELS = COMPRESSION_LEVELS  # the accepted ranges live with the config key that names them
 SUFFIX = {"zstd": ".zst", "gzip": ".gz", "lz4": ".lz4", "none": ""}
+# zstd's multi-threaded job size. Its default (4x the window, 8 MiB at level 3) held ~24 MiB of input and
+# output in the compressor before the first byte came out (measured on 126 MB of table text: first output
+# after 24 MiB of input, against 3 MiB with 1 MiB jobs, for the same size within 0.3 %).
+ZSTD_JOB = 1024 * 1024
 _SLICE = 64 * 1024  # decompressor input per call: bounds the output of one call on very compressible data
 
 
@@ -107,7 +111,9 @@ def compressor(method: str, level: int | None = None) -> Compressor:
     if method == "zstd":
         import zstandard
 
-        obj: Compressor = zstandard.ZstdCompressor(level=lvl, threads=threads(), write_checksum=True).compressobj()
+        params = zstandard.ZstdCompressionParameters.from_level(lvl, threads=threads(), job_size=ZSTD_JOB,
+                                                                 write_checksum=1)
+        obj: Compressor = zstandard.ZstdCompressor(compression_params=params).compressobj()
         return obj
     if method == "gzip":
         return _Gzip(lvl)
