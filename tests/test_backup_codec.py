@@ -3,20 +3,23 @@ damage is named, and the directory format streams file by file."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import boto3
 import pytest
 
 from opsagent.backup import codec, pgdir, pgdump, pgtools
 from opsagent.backup.drill import Drill
-from opsagent.backup.engine import BackupEngine, primary_repository
+from opsagent.backup.engine import BackupEngine, primary_repository, replica_repository
 from opsagent.backup.manifest import Manifest, ObjectInfo, new_id
 from opsagent.backup.repository import Repository
 from opsagent.config import ConfigError, load_config
+from tests.fixtures.aws import MotoServer
 from tests.fixtures.backup import SourceDb, backup_config, backup_settings, new_database
 
 # -- the codecs alone ----------------------------------------------------------------------------
@@ -144,8 +147,6 @@ def _write_release1_backup(tmp_path: Path, source_db: SourceDb) -> tuple[Path, s
     subprocess.run(["pg_dump", "--format=custom", "--compress=6", "--no-password", f"--dbname={conninfo}",
                     f"--file={folder / 'data.dump'}"], env=env, check=True)
     data = (folder / "data.dump").read_bytes()
-    import hashlib
-
     obj = ObjectInfo(name="data.dump", size=len(data), sha256=hashlib.sha256(data).hexdigest())
     doc = {"format": 1, "id": backup_id, "kind": "postgres", "target": "main", "started": 1_700_000_000.0,
            "finished": 1_700_000_010.0, "size": obj.size, "compression": pgdump.COMPRESSION,
@@ -173,8 +174,6 @@ def test_a_compressed_stream_damaged_before_hashing_is_named(tmp_path: Path, sou
     path = tmp_path / "primary" / "backups" / manifest.id / pgdump.OBJECT
     cut = path.read_bytes()[:-40]
     path.write_bytes(cut)
-    import hashlib
-
     damaged = Manifest.from_json(manifest.to_json())
     object.__setattr__(damaged, "objects", (ObjectInfo(pgdump.OBJECT, len(cut), hashlib.sha256(cut).hexdigest()),))
     restored = new_database(source_db.server, "cut")
@@ -188,7 +187,7 @@ def test_a_damaged_object_fails_restore_with_a_clear_message(tmp_path: Path, sou
     settings = backup_config(tmp_path, dsn=source_db.dsn, compression="zstd")
     config = tmp_path / "agent.yaml"
     config.write_text(json.dumps(settings))
-    repo, manifest = _backup(tmp_path, source_db, compression="zstd")
+    _, manifest = _backup(tmp_path, source_db, compression="zstd")
     path = tmp_path / "primary" / "backups" / manifest.id / pgdump.OBJECT
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
@@ -210,8 +209,6 @@ def test_parallel_dump_lists_every_file_and_restores_with_jobs(tmp_path: Path, s
     names = {o.name for o in manifest.objects}
     assert "dump-toc.dat" in names and len(names) >= 3  # the TOC plus one file per non-empty table
     folder = tmp_path / "primary" / "backups" / manifest.id
-    import hashlib
-
     for obj in manifest.objects:
         assert hashlib.sha256((folder / obj.name).read_bytes()).hexdigest() == obj.sha256
     assert manifest.size == sum(o.size for o in manifest.objects)
@@ -254,10 +251,32 @@ def test_a_damaged_table_file_is_found_before_anything_is_restored(tmp_path: Pat
     assert source_db.server.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", restored) == "0"
 
 
-def test_drill_restores_a_parallel_backup_and_checks_every_table(tmp_path: Path, source_db: SourceDb) -> None:
-    """The restore drill reads a directory-format zstd backup with pg_restore -j and finds every table intact."""
-    settings = backup_settings(tmp_path, dsn=source_db.dsn, jobs=2, drill_dsn=source_db.server.dsn("postgres"))
+def test_drill_restores_a_replicated_parallel_backup_and_checks_every_table(tmp_path: Path,
+                                                                            source_db: SourceDb) -> None:
+    """The drill reads the replica copy of a directory-format backup with pg_restore -j and finds every table intact."""
+    settings = backup_settings(tmp_path, dsn=source_db.dsn, jobs=2, drill_dsn=source_db.server.dsn("postgres"),
+                               replica=f"file://{tmp_path / 'replica'}")
     assert BackupEngine(settings).run().ok
     reports = Drill(settings).run()
     assert [r.ok for r in reports] == [True], [r.error for r in reports]
-    assert reports[0].tables == 3
+    assert reports[0].tables == 3 and reports[0].source == f"file://{tmp_path / 'replica'}"
+
+
+def test_parallel_backup_to_s3_replicates_and_restores(tmp_path: Path, source_db: SourceDb, aws: MotoServer) -> None:
+    """A jobs: 2 backup into S3 keeps every file's checksum through replication and restores bit-exact from the DR copy."""
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="perf-backups")
+    boto3.client("s3", region_name="eu-west-1").create_bucket(
+        Bucket="perf-backups-dr", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    settings = backup_settings(tmp_path, dsn=source_db.dsn, repository="s3://perf-backups/prod",
+                               replica="s3://perf-backups-dr/prod", replica_region="eu-west-1", jobs=2)
+    report = BackupEngine(settings).run()
+    assert report.ok and report.outcomes[0].replica_ok, report.to_dict()
+    replica = replica_repository(settings)
+    assert replica is not None
+    copy = replica.manifest(report.outcomes[0].backup_id or "")
+    original = primary_repository(settings).manifest(report.outcomes[0].backup_id or "")
+    assert copy is not None and original is not None and copy.dump_format == "directory"
+    assert [(o.name, o.sha256) for o in copy.objects] == [(o.name, o.sha256) for o in original.objects]
+    restored = new_database(source_db.server, "s3dir")
+    assert pgdump.restore_backup(replica, copy, source_db.server.dsn(restored), jobs=2).pg_restore_error is None
+    assert fingerprint((source_db, restored)) == fingerprint(source_db)
