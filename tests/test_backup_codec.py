@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import boto3
@@ -40,6 +41,21 @@ def test_every_method_streams_back_the_same_bytes(method: str) -> None:
         assert len(stored) < len(SAMPLE) * 0.8
     chunks = [stored[i:i + 7777] for i in range(0, len(stored), 7777)]
     assert b"".join(codec.decompress(method, chunks)) == SAMPLE
+
+
+@pytest.mark.parametrize("method", codec.METHODS)
+def test_a_block_flush_makes_everything_read_so_far_decodable(method: str) -> None:
+    """After flush_block the stored bytes decode to all input so far, and the stream then continues intact."""
+    squeeze = codec.compressor(method)
+    head = squeeze.compress(SAMPLE[:500_000]) + squeeze.flush_block()
+    decoder = codec.decompress(method, [head])
+    got = b""
+    with pytest.raises(codec.CorruptStream, match="ends before its last frame") if method != "none" else nullcontext():
+        for piece in decoder:
+            got += piece
+    assert got == SAMPLE[:500_000]
+    rest = squeeze.compress(SAMPLE[500_000:]) + squeeze.flush()
+    assert b"".join(codec.decompress(method, [head, rest])) == SAMPLE
 
 
 @pytest.mark.parametrize("method", [m for m in codec.METHODS if m != "none"])

@@ -45,7 +45,12 @@ class CorruptStream(BackupError):
 
 class Compressor(Protocol):
     def compress(self, data: bytes) -> bytes: ...
-    def flush(self) -> bytes: ...
+    def flush_block(self) -> bytes:
+        """Everything compressed so far, the stream staying open (for a pause in the input)."""
+        ...
+    def flush(self) -> bytes:
+        """The end of the stream."""
+        ...
 
 
 def level_for(method: str, level: int | None) -> int:
@@ -70,8 +75,30 @@ class _Identity:
     def compress(self, data: bytes) -> bytes:
         return data
 
+    def flush_block(self) -> bytes:
+        return b""
+
     def flush(self) -> bytes:
         return b""
+
+
+class _Zstd:
+    def __init__(self, level: int) -> None:
+        import zstandard
+
+        params = zstandard.ZstdCompressionParameters.from_level(level, threads=threads(), job_size=ZSTD_JOB,
+                                                                 write_checksum=1)
+        self._obj = zstandard.ZstdCompressor(compression_params=params).compressobj()
+        self._block = zstandard.COMPRESSOBJ_FLUSH_BLOCK
+
+    def compress(self, data: bytes) -> bytes:
+        return bytes(self._obj.compress(data))
+
+    def flush_block(self) -> bytes:
+        return bytes(self._obj.flush(self._block))
+
+    def flush(self) -> bytes:
+        return bytes(self._obj.flush())
 
 
 class _Gzip:
@@ -81,6 +108,9 @@ class _Gzip:
     def compress(self, data: bytes) -> bytes:
         return self._obj.compress(data)
 
+    def flush_block(self) -> bytes:
+        return self._obj.flush(zlib.Z_SYNC_FLUSH)
+
     def flush(self) -> bytes:
         return self._obj.flush()
 
@@ -89,7 +119,8 @@ class _Lz4:
     def __init__(self, level: int) -> None:
         import lz4.frame
 
-        self._obj = lz4.frame.LZ4FrameCompressor(compression_level=level, content_checksum=True)
+        # auto_flush: every call's input comes out whole (the input arrives in 1 MiB chunks, 16 lz4 blocks)
+        self._obj = lz4.frame.LZ4FrameCompressor(compression_level=level, content_checksum=True, auto_flush=True)
         self._started = False
 
     def _begin(self) -> bytes:
@@ -101,6 +132,9 @@ class _Lz4:
     def compress(self, data: bytes) -> bytes:
         return self._begin() + bytes(self._obj.compress(data))
 
+    def flush_block(self) -> bytes:
+        return self._begin()
+
     def flush(self) -> bytes:
         return self._begin() + bytes(self._obj.flush())
 
@@ -109,12 +143,7 @@ def compressor(method: str, level: int | None = None) -> Compressor:
     """A streaming compressor by name: ``compress`` each chunk in order, then ``flush`` once."""
     lvl = level_for(method, level)
     if method == "zstd":
-        import zstandard
-
-        params = zstandard.ZstdCompressionParameters.from_level(lvl, threads=threads(), job_size=ZSTD_JOB,
-                                                                 write_checksum=1)
-        obj: Compressor = zstandard.ZstdCompressor(compression_params=params).compressobj()
-        return obj
+        return _Zstd(lvl)
     if method == "gzip":
         return _Gzip(lvl)
     if method == "lz4":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import select
 import subprocess
 import tempfile
 import threading
@@ -48,6 +49,16 @@ __all__ = ["OBJECT", "CompressionPlan", "ProcHook", "Progress", "RestoreResult",
 
 OBJECT = "data.dump"
 COMPRESSION = "pg_dump custom format, gzip level 6"  # what release 1 manifests say: pg_dump compressed them
+
+
+IDLE_FLUSH_SECONDS = 0.5  # pg_dump silent this long: what the compressor holds goes to the store
+
+
+def _readable(pipe: io.BufferedReader, timeout: float) -> bool:
+    """Whether pg_dump's stdout has data (or its end) within ``timeout``. The reader's own buffer stays
+    empty: ``read1`` of more than its size reads the pipe directly."""
+    ready, _, _ = select.select([pipe.fileno()], [], [], timeout)
+    return bool(ready)
 
 
 def _widen_pipe(fd: int, size: int = CHUNK) -> None:
@@ -133,9 +144,20 @@ def _dump_custom(base: list[str], env: dict[str, str], repo: Repository, backup_
             writer = repo.writer(backup_id, OBJECT)
             squeeze = codec.compressor(chosen.codec, chosen.level)
             read = 0
-            while chunk := stdout.read1(CHUNK):
+            held = False  # the compressor holds input that is not in the store yet
+            while True:
+                if held and not _readable(stdout, IDLE_FLUSH_SECONDS):
+                    # pg_dump paused (a slow table, a busy server, or the end): store what was read so far,
+                    # instead of holding up to a zstd job of it until more arrives.
+                    if out := squeeze.flush_block():
+                        writer.write(out)
+                    held = False
+                chunk = stdout.read1(CHUNK)
+                if not chunk:
+                    break
                 if out := squeeze.compress(chunk):
                     writer.write(out)
+                held = True
                 read += len(chunk)
                 if progress:
                     progress(read)
