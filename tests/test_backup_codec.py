@@ -142,14 +142,15 @@ def test_zstd_is_smaller_than_uncompressed(tmp_path: Path, source_db: SourceDb) 
     assert zstd.size < plain.size * 0.6 and zstd.compression_level == 5
 
 
-def test_pg_dump_compressing_itself_restores(tmp_path: Path, source_db: SourceDb,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_pg_dump_compressing_itself_restores(tmp_path: Path, source_db: SourceDb, monkeypatch: pytest.MonkeyPatch,
+                                             jobs: int) -> None:
     """On a single CPU pg_dump does the gzip itself; the manifest says so and the backup restores bit-exact."""
     monkeypatch.setattr(codec, "threads", lambda: 0)
-    repo, manifest = _backup(tmp_path, source_db, compression="gzip")
+    repo, manifest = _backup(tmp_path, source_db, compression="gzip", jobs=jobs)
     assert manifest.compression == "pg_dump:gzip" and pgdump.stream_codec(manifest) == "none"
     restored = new_database(source_db.server, "native")
-    assert pgdump.restore_backup(repo, manifest, source_db.server.dsn(restored)).pg_restore_error is None
+    assert pgdump.restore_backup(repo, manifest, source_db.server.dsn(restored), jobs=jobs).pg_restore_error is None
     assert fingerprint((source_db, restored)) == fingerprint(source_db)
 
 
