@@ -74,13 +74,14 @@ def test_a_damaged_stream_is_a_clear_error(method: str, damage: str) -> None:
 
 
 def test_pg_dump_16_compresses_itself_only_where_that_is_faster() -> None:
-    """On one CPU a 16+ pg_dump does zstd itself; with spare CPUs, or a pg_dump 15 for zstd, the agent does."""
-    assert pgdump.plan(16, "zstd", threads=0).pg_dump_arg == "--compress=zstd:3"
-    assert pgdump.plan(16, "zstd", threads=0).codec == "none"
-    assert pgdump.plan(17, "lz4", 5, threads=0).label == "pg_dump:lz4"
-    assert pgdump.plan(15, "zstd", threads=0).codec == "zstd"  # pg_dump 15 has no zstd
-    assert pgdump.plan(15, "gzip", 1, threads=0).pg_dump_arg == "--compress=1"
-    assert pgdump.plan(16, "zstd", 9, threads=2) == pgdump.CompressionPlan("--compress=0", "zstd", "zstd", 9)
+    """Below two CPUs a 16+ pg_dump compresses itself; with spare CPUs, or a pg_dump 15, the agent does."""
+    native = pgdump.plan(16, "zstd", threads=0)
+    assert (native.pg_dump_arg, native.codec, native.method, native.by) == ("--compress=zstd:3", "none", "zstd",
+                                                                             "pg_dump")
+    assert pgdump.plan(17, "lz4", 5, threads=0).pg_dump_arg == "--compress=lz4:5"
+    assert pgdump.plan(15, "zstd", threads=0) == pgdump.CompressionPlan("--compress=0", "zstd", "zstd", 3, "agent")
+    assert pgdump.plan(15, "gzip", threads=0).by == "agent"  # the version check: 15 has no --compress=METHOD
+    assert pgdump.plan(16, "zstd", 9, threads=2) == pgdump.CompressionPlan("--compress=0", "zstd", "zstd", 9, "agent")
     assert pgdump.plan(16, "none", threads=0).pg_dump_arg == "--compress=0"
 
 
@@ -125,7 +126,7 @@ def _backup(tmp_path: Path, source_db: SourceDb, **backup: object) -> tuple[Repo
 def test_backups_in_every_compression_restore_bit_exact(tmp_path: Path, source_db: SourceDb, method: str) -> None:
     """A backup taken with each backup.compression restores into a fresh database with identical rows."""
     repo, manifest = _backup(tmp_path, source_db, compression=method)
-    assert (manifest.compression, manifest.dump_format) == (method, "custom")
+    assert (manifest.compression, manifest.compressed_by, manifest.dump_format) == (method, "agent", "custom")
     assert manifest.compression_level == codec.DEFAULT_LEVEL[method]
     head = next(repo.read(manifest.id, pgdump.OBJECT))
     assert pgdump.sniff(head) == method and (method != "none" or head.startswith(b"PGDMP"))
@@ -145,10 +146,15 @@ def test_zstd_is_smaller_than_uncompressed(tmp_path: Path, source_db: SourceDb) 
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_pg_dump_compressing_itself_restores(tmp_path: Path, source_db: SourceDb, monkeypatch: pytest.MonkeyPatch,
                                              jobs: int) -> None:
-    """On a single CPU pg_dump does the gzip itself; the manifest says so and the backup restores bit-exact."""
-    monkeypatch.setattr(codec, "threads", lambda: 0)
+    """A backup pg_dump compressed itself says so in its manifest and restores bit-exact (plain or parallel)."""
+    # What plan() gives a 16+ pg_dump below two CPUs, spelled the way pg_dump 15 (installed here) takes gzip.
+    monkeypatch.setattr(pgdump, "plan", lambda *_a, **_k: pgdump.CompressionPlan("--compress=6", "none", "gzip", 6,
+                                                                                 "pg_dump"))
     repo, manifest = _backup(tmp_path, source_db, compression="gzip", jobs=jobs)
-    assert manifest.compression == "pg_dump:gzip" and pgdump.stream_codec(manifest) == "none"
+    assert (manifest.compression, manifest.compressed_by) == ("gzip", "pg_dump")
+    assert pgdump.stream_codec(manifest) == "none"
+    if jobs == 1:
+        assert next(repo.read(manifest.id, pgdump.OBJECT)).startswith(b"PGDMP")  # an archive, not a gzip stream
     restored = new_database(source_db.server, "native")
     assert pgdump.restore_backup(repo, manifest, source_db.server.dsn(restored), jobs=jobs).pg_restore_error is None
     assert fingerprint((source_db, restored)) == fingerprint(source_db)
@@ -297,3 +303,13 @@ def test_parallel_backup_to_s3_replicates_and_restores(tmp_path: Path, source_db
     restored = new_database(source_db.server, "s3dir")
     assert pgdump.restore_backup(replica, copy, source_db.server.dsn(restored), jobs=2).pg_restore_error is None
     assert fingerprint((source_db, restored)) == fingerprint(source_db)
+
+
+def test_a_fractional_cpu_quota_compresses_inline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a 0.25-CPU cgroup quota zstd runs without worker threads, and a 16+ pg_dump is left to compress."""
+    (tmp_path / "cpu.max").write_text("25000 100000\n")
+    monkeypatch.setattr(codec, "CGROUP_ROOT", tmp_path)
+    assert codec.cpus() <= 0.25 and codec.threads() == 0
+    assert pgdump.plan(16, "zstd").by == "pg_dump"
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert codec.cpus() >= 1

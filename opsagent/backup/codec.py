@@ -16,9 +16,11 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 from opsagent.backup.errors import BackupError
+from opsagent.checks.host import cgroup_cpu_limit
 from opsagent.config.models import COMPRESSION_LEVELS
 
 METHODS = ("zstd", "gzip", "lz4", "none")
@@ -58,17 +60,28 @@ def level_for(method: str, level: int | None) -> int:
     return DEFAULT_LEVEL[method] if level is None else level
 
 
-def threads() -> int:
-    """zstd worker threads: one per CPU this process may run on, at most 4; 0 (inline) on one CPU.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
-    At a fractional Fargate share the threads only take turns, which costs nothing measurable; on a
-    larger task they let compression keep up with pg_dump instead of slowing it.
-    """
+
+def cpus() -> float:
+    """CPUs this process may use: the CPUs it may run on, capped by a cgroup v2 CPU quota (a Fargate task
+    of 0.25 vCPU sees two CPUs but gets a quarter of one)."""
     try:
-        cpus = len(os.sched_getaffinity(0))
+        allowed = float(len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return 0 if cpus <= 1 else min(cpus, 4)
+        allowed = float(os.cpu_count() or 1)
+    quota = cgroup_cpu_limit(CGROUP_ROOT)
+    return min(allowed, quota) if quota else allowed
+
+
+def threads() -> int:
+    """zstd worker threads: one per usable CPU, at most 4; 0 (compress inline) with less than two CPUs.
+
+    Below two CPUs worker threads only take turns with pg_dump; with more they let compression run
+    beside pg_dump instead of slowing it.
+    """
+    usable = cpus()
+    return 0 if usable < 2 else min(int(usable), 4)
 
 
 class _Identity:

@@ -96,7 +96,8 @@ def dump(dsn: str, target: str, repo: Repository, *, compression: str = codec.DE
         env, conninfo = pgtools.tool_env_and_conninfo(dsn)
         args = [tool.path, chosen.pg_dump_arg, f"--snapshot={snapshot}", "--no-password", f"--dbname={conninfo}"]
         log.info("backup_dump_started", kind="postgres", target=target, backup_id=backup_id, tool=tool.label,
-                 server_version=server_version, compression=chosen.label, level=chosen.level, jobs=jobs)
+                 server_version=server_version, compression=chosen.method, compressed_by=chosen.by, level=chosen.level,
+                 jobs=jobs)
         # The drill's table stats are read in the same snapshot while pg_dump streams: the exporting
         # connection is idle otherwise, and reading them afterwards made a backup ~1.5x slower than
         # pg_dump alone (benchmarks/).
@@ -118,9 +119,9 @@ def dump(dsn: str, target: str, repo: Repository, *, compression: str = codec.DE
         conn.close()
     manifest = Manifest(
         id=backup_id, kind="postgres", target=target, started=started, finished=clock(),
-        size=sum(o.size for o in objects), compression=chosen.label, objects=objects, server_version=server_version,
+        size=sum(o.size for o in objects), compression=chosen.method, objects=objects, server_version=server_version,
         tool_version=tool.label, agent_version=__version__, tables=tables, compression_level=chosen.level,
-        dump_format="directory" if jobs > 1 else "custom",
+        dump_format="directory" if jobs > 1 else "custom", compressed_by=chosen.by,
     )
     repo.write_manifest(manifest)
     log.info("backup_complete", kind="postgres", target=target, backup_id=backup_id, size=manifest.size,

@@ -60,11 +60,12 @@ class CompressionPlan:
 
     pg_dump_arg: str  # --compress=...
     codec: str  # the agent's stream codec (restore decompresses with it); "none" when pg_dump compresses
-    label: str  # what the manifest's ``compression`` says
+    method: str  # what the user chose (backup.compression): the manifest's ``compression``
     level: int
+    by: str = "agent"  # the manifest's ``compressed_by``: "agent" or "pg_dump"
 
 
-NATIVE_SINCE = {"gzip": 0, "zstd": 16, "lz4": 16}  # pg_dump major that accepts --compress=METHOD:LEVEL
+NATIVE_SINCE = 16  # pg_dump 16 accepts --compress=METHOD:LEVEL for zstd, lz4 and gzip
 
 
 def plan(tool_major: int, method: str, level: int | None = None, threads: int | None = None) -> CompressionPlan:
@@ -72,20 +73,22 @@ def plan(tool_major: int, method: str, level: int | None = None, threads: int | 
 
     pg_dump compresses inside its own single process, in line with reading rows; the agent's codec runs
     beside it (zstd on ``codec.threads()`` workers) at the price of one more copy of the stream through a
-    pipe. With more than one CPU the agent's side wins (issue 22: ``pg_dump -Z0 | zstd -T2`` took 0.39x
-    the wall time of ``pg_dump -Fc``); on a single CPU (a fractional Fargate share) nothing runs beside
-    pg_dump, so pg_dump's own zstd/lz4 (16+) or gzip saves the copy. ``make bench`` compares both on a
-    16+ pg_dump (the ``backup_native`` row).
+    pipe. With two or more usable CPUs the agent's side wins (issue 22: ``pg_dump -Z0 | zstd -T2`` took
+    0.39x the wall time of ``pg_dump -Fc``); below that (a fractional Fargate share) nothing runs beside
+    pg_dump, so a 16+ pg_dump compressing itself saves the copy. ``make bench`` compares both on a 16+
+    pg_dump (the "pg_dump --compress=zstd" row).
     """
     lvl = codec.level_for(method, level)
     workers = codec.threads() if threads is None else threads
-    if method != "none" and workers == 0 and tool_major >= NATIVE_SINCE[method]:
-        arg = f"--compress={lvl}" if tool_major < 16 else f"--compress={method}:{lvl}"
-        return CompressionPlan(pg_dump_arg=arg, codec="none", label=f"pg_dump:{method}", level=lvl)
-    return CompressionPlan(pg_dump_arg="--compress=0", codec=method, label=method, level=lvl)
+    if method != "none" and workers == 0 and tool_major >= NATIVE_SINCE:
+        return CompressionPlan(pg_dump_arg=f"--compress={method}:{lvl}", codec="none", method=method, level=lvl,
+                               by="pg_dump")
+    return CompressionPlan(pg_dump_arg="--compress=0", codec=method, method=method, level=lvl)
 
 
 def stream_codec(manifest: Manifest) -> str:
-    """The codec the agent applied to this backup's objects; "none" for pg_dump's own (and every
-    release-1) compression, which pg_restore reads by itself."""
-    return manifest.compression if manifest.compression in codec.METHODS else "none"
+    """The codec the agent applied to this backup's objects; "none" when pg_dump compressed (and for every
+    release-1 manifest, whose ``compression`` is a description): pg_restore reads those by itself."""
+    if manifest.compressed_by != "agent" or manifest.compression not in codec.METHODS:
+        return "none"
+    return manifest.compression
