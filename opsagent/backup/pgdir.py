@@ -16,7 +16,6 @@ manifest, so a damaged object is found before anything is restored.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -32,6 +31,7 @@ from opsagent.backup.errors import BackupError
 from opsagent.backup.manifest import Manifest, ObjectInfo
 from opsagent.backup.pgproc import (
     CompressionPlan,
+    Hashed,
     ProcHook,
     Progress,
     RestoreResult,
@@ -170,29 +170,16 @@ def dump_directory(base: list[str], env: dict[str, str], jobs: int, repo: Reposi
 def _stage(chunks: Iterator[bytes], method: str, path: Path, progress: Progress | None,
            before: int) -> tuple[str, int, str | None]:
     """Decompress one stored object into ``path``; its stored bytes' SHA-256 and size, and a decode error."""
-    digest = hashlib.sha256()
-    size = 0
-
-    def stored() -> Iterator[bytes]:
-        nonlocal size
-        for chunk in chunks:
-            digest.update(chunk)
-            size += len(chunk)
-            if progress:
-                progress(before + size)
-            yield chunk
-
-    source = stored()
+    stored = Hashed(chunks, (lambda done: progress(before + done)) if progress else None)
     error = None
     with open(path, "wb") as fh:
         try:
-            for out in codec.decompress(method, source):
+            for out in codec.decompress(method, stored):
                 fh.write(out)
         except codec.CorruptStream as exc:
             error = str(exc)
-            for _ in source:  # the whole stored object's hash says whether the store damaged it
-                pass
-    return digest.hexdigest(), size, error
+            stored.drain()  # the whole stored object's hash says whether the store damaged it
+    return stored.digest.hexdigest(), stored.size, error
 
 
 def restore_staged(repo: Repository, manifest: Manifest, dsn: str, *, jobs: int, dbname: str | None,

@@ -1,11 +1,14 @@
 """PostgreSQL logical backup and restore, streamed end to end.
 
-pg_dump's stdout is read in fixed-size chunks straight into the repository
-writer (multipart parts on S3), so memory stays flat and no full-size temporary
-file exists. The dump runs on a snapshot exported from a REPEATABLE READ
-transaction; the table stats the drill will compare are read in that same
-snapshot. Restore feeds the stored object into pg_restore's stdin while hashing
-it, so a damaged object is named as such even when pg_restore trips first.
+pg_dump's stdout (an uncompressed custom archive, ``-Z0``) is read in fixed-size
+chunks, compressed by the agent (``backup.compression``, ``codec``) and written
+straight into the repository writer (multipart parts on S3), so memory stays
+flat and no full-size temporary file exists. The dump runs on a snapshot
+exported from a REPEATABLE READ transaction; the table stats the drill will
+compare are read in that same snapshot. Restore feeds the stored object,
+decompressed, into pg_restore's stdin while hashing the stored bytes, so a
+damaged object is named as such even when pg_restore or the decompressor trips
+first. ``backup.jobs`` ≥ 2 (directory format, parallel) lives in ``pgdir``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from opsagent.backup.errors import BackupError
 from opsagent.backup.manifest import Manifest, ObjectInfo, TableStats, new_id
 from opsagent.backup.pgproc import (
     CompressionPlan,
+    Hashed,
     ProcHook,
     Progress,
     RestoreResult,
@@ -49,8 +53,6 @@ __all__ = ["OBJECT", "CompressionPlan", "ProcHook", "Progress", "RestoreResult",
 
 OBJECT = "data.dump"
 COMPRESSION = "pg_dump custom format, gzip level 6"  # what release 1 manifests say: pg_dump compressed them
-
-
 IDLE_FLUSH_SECONDS = 0.5  # pg_dump silent this long: what the compressor holds goes to the store
 
 
@@ -242,28 +244,6 @@ def sniff(head: bytes) -> str:
     return next((method for magic, method in _MAGIC if head.startswith(magic)), "none")
 
 
-class _Hashed:
-    """Passes stored chunks through while hashing and counting them; ``drain`` reads the rest."""
-
-    def __init__(self, chunks: Iterator[bytes], progress: Progress | None) -> None:
-        self._chunks = chunks
-        self._progress = progress
-        self.digest = hashlib.sha256()
-        self.size = 0
-
-    def __iter__(self) -> Iterator[bytes]:
-        for chunk in self._chunks:
-            self.digest.update(chunk)
-            self.size += len(chunk)
-            if self._progress:
-                self._progress(self.size)
-            yield chunk
-
-    def drain(self) -> None:
-        for _ in self:
-            pass
-
-
 def restore_stream(chunks: Iterator[bytes], dsn: str, *, tool_override: str | None = None,
                    progress: Progress | None = None, on_proc: ProcHook | None = None,
                    dbname: str | None = None, compression: str | None = None) -> RestoreResult:
@@ -276,7 +256,7 @@ def restore_stream(chunks: Iterator[bytes], dsn: str, *, tool_override: str | No
     stored = iter(chunks)
     first = next(stored, b"")
     method = compression if compression is not None else sniff(first)
-    hashed = _Hashed(itertools.chain([first], stored), progress)
+    hashed = Hashed(itertools.chain([first], stored), progress)
     decode_error: str | None = None
     with tempfile.TemporaryFile() as errfile:
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errfile, env=env,

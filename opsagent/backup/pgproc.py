@@ -6,10 +6,11 @@ both can use it without importing each other.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from opsagent import secrets
@@ -41,6 +42,28 @@ class RestoreResult:
     sha256: str  # of the stored bytes of the (first) object, as read
     size: int
     pg_restore_error: str | None
+
+
+class Hashed:
+    """Passes stored chunks through while hashing and counting them; ``drain`` reads the rest."""
+
+    def __init__(self, chunks: Iterator[bytes], progress: Progress | None) -> None:
+        self._chunks = chunks
+        self._progress = progress
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self.digest.update(chunk)
+            self.size += len(chunk)
+            if self._progress:
+                self._progress(self.size)
+            yield chunk
+
+    def drain(self) -> None:
+        for _ in self:
+            pass
 
 
 def pg_restore_args(dsn: str, dbname: str | None, tool_override: str | None, extra: list[str]) -> tuple[list[str], dict[str, str]]:
