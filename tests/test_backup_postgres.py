@@ -41,7 +41,7 @@ def test_manifest_records_what_spec_requires(tmp_path: Path, source_db: SourceDb
     manifest = primary_repository(settings).list()[0]
     assert (manifest.kind, manifest.target) == ("postgres", "main")
     assert manifest.started <= manifest.finished and manifest.size == manifest.objects[0].size > 0
-    assert "custom" in manifest.compression and len(manifest.objects[0].sha256) == 64
+    assert manifest.compression == "zstd" and manifest.dump_format == "custom" and len(manifest.objects[0].sha256) == 64
     assert manifest.server_version.startswith("15") and manifest.tool_version.startswith("pg_dump 15")
     assert manifest.tables["public.users"].rows == 3000
     assert manifest.tables["billing.invoices"].rows == 5000

@@ -208,7 +208,7 @@ def restore(settings: Settings, backup_id: str, target_dsn: str, *, force: bool)
         obj = manifest.objects[0]
         reporter = TerminalReporter(sys.stderr)
         reporter.stage(f"restoring {backup_id} from the {where} repository into {secrets.mask_url(target_dsn)}", obj.size)
-        result = pgdump.restore_stream(repo.read(manifest.id, obj.name), target_dsn,
+        result = pgdump.restore_backup(repo, manifest, target_dsn,
                                        tool_override=settings.backup.pg_dump_path, progress=reporter.advance)
         reporter.finish()
         if result.sha256 != obj.sha256:

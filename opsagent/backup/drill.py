@@ -180,7 +180,7 @@ class Drill:
             log.info("drill_started", target=target, backup_id=manifest.id, scratch_database=name)
             obj = manifest.objects[0]
             self.reporter.stage(f"restoring {manifest.id} into scratch database {name}", obj.size)
-            result = pgdump.restore_stream(repo.read(manifest.id, obj.name), admin_dsn, dbname=name,
+            result = pgdump.restore_backup(repo, manifest, admin_dsn, dbname=name, jobs=self.settings.backup.jobs,
                                            tool_override=self.settings.backup.pg_dump_path,
                                            progress=self.reporter.advance, on_proc=self.on_proc)
             if result.sha256 != obj.sha256 or result.size != obj.size:

@@ -234,7 +234,9 @@ class BackupEngine:
         try:
             dsn = postgres_dsn(self.settings, name)
             self.reporter.stage(f"backing up postgres {name}")
-            manifest = pgdump.dump(dsn, name, primary, tool_override=self.settings.backup.pg_dump_path,
+            b = self.settings.backup
+            manifest = pgdump.dump(dsn, name, primary, compression=b.compression, level=b.compression_level,
+                                   jobs=b.jobs, tool_override=b.pg_dump_path,
                                    progress=self.reporter.advance, on_proc=self._on_proc, clock=self.clock)
             outcome.ok, outcome.backup_id, outcome.size = True, manifest.id, manifest.size
         except Exception as exc:  # noqa: BLE001 - one target's failure does not stop the others

@@ -53,6 +53,13 @@ class Manifest:
     verified: bool = True  # every object's checksum confirmed by the store where this manifest lives
     replicated_at: float | None = None  # set on replica-side manifests
     region: str | None = None
+    # Release 2 (issue 22). ``compression`` names the method (zstd, gzip, lz4, none) and ``compressed_by`` who
+    # applied it: "agent" (every object is a stream of that codec) or "pg_dump" (inside the archive, which
+    # pg_restore reads). Manifests before release 2 hold a description ("pg_dump custom format, gzip level 6"):
+    # pg_dump compressed those, as the default below says.
+    compression_level: int | None = None
+    dump_format: str = "custom"  # pg_dump --format: "custom" (one archive, data.dump) or "directory" (-Fd -j N)
+    compressed_by: str = "pg_dump"
 
     def to_json(self) -> bytes:
         data = asdict(self)
@@ -80,6 +87,9 @@ class Manifest:
             verified=bool(data.get("verified", True)),
             replicated_at=data.get("replicated_at"),
             region=data.get("region"),
+            compression_level=data.get("compression_level"),
+            dump_format=data.get("dump_format", "custom"),
+            compressed_by=data.get("compressed_by", "pg_dump"),
         )
 
     def as_replica(self, replicated_at: float, region: str | None) -> Manifest:

@@ -1,40 +1,66 @@
 """PostgreSQL logical backup and restore, streamed end to end.
 
-pg_dump's stdout is read in fixed-size chunks straight into the repository
-writer (multipart parts on S3), so memory stays flat and no full-size temporary
-file exists. The dump runs on a snapshot exported from a REPEATABLE READ
-transaction; the table stats the drill will compare are read in that same
-snapshot. Restore feeds the stored object into pg_restore's stdin while hashing
-it, so a damaged object is named as such even when pg_restore trips first.
+pg_dump's stdout (an uncompressed custom archive, ``-Z0``) is read in fixed-size
+chunks, compressed by the agent (``backup.compression``, ``codec``) and written
+straight into the repository writer (multipart parts on S3), so memory stays
+flat and no full-size temporary file exists. The dump runs on a snapshot
+exported from a REPEATABLE READ transaction; the table stats the drill will
+compare are read in that same snapshot. Restore feeds the stored object,
+decompressed, into pg_restore's stdin while hashing the stored bytes, so a
+damaged object is named as such even when pg_restore or the decompressor trips
+first. ``backup.jobs`` ≥ 2 (directory format, parallel) lives in ``pgdir``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
+import io
+import itertools
+import select
 import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+import psycopg
 import structlog
 
-from opsagent import __version__, secrets
-from opsagent.backup import pgstats, pgtools
+from opsagent import __version__
+from opsagent.backup import codec, pgstats, pgtools
 from opsagent.backup.errors import BackupError
-from opsagent.backup.manifest import Manifest, TableStats, new_id
+from opsagent.backup.manifest import Manifest, ObjectInfo, TableStats, new_id
+from opsagent.backup.pgproc import (
+    CompressionPlan,
+    Hashed,
+    ProcHook,
+    Progress,
+    RestoreResult,
+    kill,
+    pg_restore_args,
+    plan,
+    stream_codec,
+    tail,
+)
 from opsagent.backup.repository import CHUNK, Repository
 
 log = structlog.get_logger("opsagent.backup")
 
+# Callers use these through this module (release 1 defined them here).
+__all__ = ["OBJECT", "CompressionPlan", "ProcHook", "Progress", "RestoreResult", "dump", "kill", "plan",
+           "restore_backup", "restore_stream", "sniff", "stats_of", "stream_codec", "verify_object"]
+
 OBJECT = "data.dump"
-COMPRESSION = "pg_dump custom format, gzip level 6"
-Progress = Callable[[int], None]
-ProcHook = Callable[["subprocess.Popen[bytes] | None"], None]
+COMPRESSION = "pg_dump custom format, gzip level 6"  # what release 1 manifests say: pg_dump compressed them
+IDLE_FLUSH_SECONDS = 0.5  # pg_dump silent this long: what the compressor holds goes to the store
+
+
+def _readable(pipe: io.BufferedReader, timeout: float) -> bool:
+    """Whether pg_dump's stdout has data (or its end) within ``timeout``. The reader's own buffer stays
+    empty: ``read1`` of more than its size reads the pipe directly."""
+    ready, _, _ = select.select([pipe.fileno()], [], [], timeout)
+    return bool(ready)
 
 
 def _widen_pipe(fd: int, size: int = CHUNK) -> None:
@@ -48,26 +74,14 @@ def _widen_pipe(fd: int, size: int = CHUNK) -> None:
         pass  # not Linux, or above /proc/sys/fs/pipe-max-size: the default pipe works, only slower
 
 
-def kill(proc: subprocess.Popen[bytes]) -> None:
-    """Kill a tool and anything it started (its own session: a wrapper script's children too)."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            proc.kill()
-        proc.wait()
+def dump(dsn: str, target: str, repo: Repository, *, compression: str = codec.DEFAULT, level: int | None = None,
+         jobs: int = 1, tool_override: str | None = None, progress: Progress | None = None,
+         on_proc: ProcHook | None = None, clock: Callable[[], float] = time.time) -> Manifest:
+    """Dump one database into ``repo``; return the manifest, written last.
 
-
-def _tail(fh: object, limit: int = 1500) -> str:
-    fh.seek(0)  # type: ignore[attr-defined]
-    text = fh.read().decode(errors="replace")  # type: ignore[attr-defined]
-    return secrets.scrub(" ".join(text.split())[-limit:])
-
-
-def dump(dsn: str, target: str, repo: Repository, *, tool_override: str | None = None,
-         progress: Progress | None = None, on_proc: ProcHook | None = None,
-         clock: Callable[[], float] = time.time) -> Manifest:
-    """Dump one database into ``repo``; return the manifest, written last."""
+    ``jobs`` > 1 dumps in pg_dump's directory format with that many workers (``opsagent.backup.pgdir``);
+    otherwise one custom-format archive is streamed. ``compression`` is applied on the stream (see ``plan``).
+    """
     started = clock()
     backup_id = new_id("postgres", target, started)
     conn = pgtools.connect(dsn, autocommit=False)
@@ -75,63 +89,95 @@ def dump(dsn: str, target: str, repo: Repository, *, tool_override: str | None =
         major, server_version = pgtools.server_major(conn)
         conn.rollback()
         tool = pgtools.find_tool("pg_dump", major, tool_override)
-        conn.isolation_level = 3  # psycopg.IsolationLevel.REPEATABLE_READ
+        chosen = plan(tool.major, compression, level)
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         row = conn.execute("SELECT pg_export_snapshot()").fetchone()
         assert row is not None
         snapshot = str(row[0])
         env, conninfo = pgtools.tool_env_and_conninfo(dsn)
-        args = [tool.path, "--format=custom", "--compress=6", f"--snapshot={snapshot}", "--no-password",
-                f"--dbname={conninfo}"]
+        args = [tool.path, chosen.pg_dump_arg, f"--snapshot={snapshot}", "--no-password", f"--dbname={conninfo}"]
         log.info("backup_dump_started", kind="postgres", target=target, backup_id=backup_id, tool=tool.label,
-                 server_version=server_version)
-        with tempfile.TemporaryFile() as errfile:
-            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errfile, env=env, start_new_session=True)
-            if on_proc:
-                on_proc(proc)
-            assert proc.stdout is not None
-            _widen_pipe(proc.stdout.fileno())
-            # The drill's table stats are read in the same snapshot while pg_dump streams: the exporting
-            # connection is idle otherwise, and reading them afterwards made a backup ~1.5x slower than
-            # pg_dump alone (benchmarks/).
-            stats = _Stats(conn, target)
-            writer = None
-            try:
-                # Inside the try: a store that refuses the upload must not leave pg_dump blocked on its pipe.
-                writer = repo.writer(backup_id, OBJECT)
-                written = 0
-                assert proc.stdout is not None
-                while chunk := proc.stdout.read1(CHUNK):
-                    writer.write(chunk)
-                    written += len(chunk)
-                    if progress:
-                        progress(written)
-                code = proc.wait()
-                if code != 0:
-                    raise BackupError(f"pg_dump of {target} failed (exit {code}): {_tail(errfile)}")
-                tables = stats.result()  # same snapshot as the dump
-                info = writer.commit()
-            except BaseException:
-                kill(proc)
-                stats.stop()
-                if writer is not None:
-                    writer.abort()
-                raise
-            finally:
-                if on_proc:
-                    on_proc(None)
+                 server_version=server_version, compression=chosen.method, compressed_by=chosen.by, level=chosen.level,
+                 jobs=jobs)
+        # The drill's table stats are read in the same snapshot while pg_dump streams: the exporting
+        # connection is idle otherwise, and reading them afterwards made a backup ~1.5x slower than
+        # pg_dump alone (benchmarks/).
+        stats = _Stats(conn, target)
+        try:
+            if jobs > 1:
+                from opsagent.backup import pgdir
+
+                objects = pgdir.dump_directory(args, env, jobs, repo, backup_id, chosen, progress=progress,
+                                               on_proc=on_proc, target=target)
+            else:
+                objects = (_dump_custom(args, env, repo, backup_id, chosen, progress, on_proc, target),)
+            tables = stats.result()  # same snapshot as the dump
+        except BaseException:
+            stats.stop()
+            raise
         conn.rollback()
     finally:
         conn.close()
     manifest = Manifest(
-        id=backup_id, kind="postgres", target=target, started=started, finished=clock(), size=info.size,
-        compression=COMPRESSION, objects=(info,), server_version=server_version, tool_version=tool.label,
-        agent_version=__version__, tables=tables,
+        id=backup_id, kind="postgres", target=target, started=started, finished=clock(),
+        size=sum(o.size for o in objects), compression=chosen.method, objects=objects, server_version=server_version,
+        tool_version=tool.label, agent_version=__version__, tables=tables, compression_level=chosen.level,
+        dump_format="directory" if jobs > 1 else "custom", compressed_by=chosen.by,
     )
     repo.write_manifest(manifest)
-    log.info("backup_complete", kind="postgres", target=target, backup_id=backup_id, size=info.size,
+    log.info("backup_complete", kind="postgres", target=target, backup_id=backup_id, size=manifest.size,
              duration=round(manifest.finished - started, 3))
     return manifest
+
+
+def _dump_custom(base: list[str], env: dict[str, str], repo: Repository, backup_id: str, chosen: CompressionPlan,
+                 progress: Progress | None, on_proc: ProcHook | None, target: str) -> ObjectInfo:
+    """Stream one custom-format archive from pg_dump through the codec into the store."""
+    args = [base[0], "--format=custom", *base[1:]]
+    with tempfile.TemporaryFile() as errfile:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errfile, env=env, start_new_session=True)
+        if on_proc:
+            on_proc(proc)
+        stdout = cast(io.BufferedReader, proc.stdout)  # Popen's stdout=PIPE with the default buffering
+        _widen_pipe(stdout.fileno())
+        writer = None
+        try:
+            # Inside the try: a store that refuses the upload must not leave pg_dump blocked on its pipe.
+            writer = repo.writer(backup_id, OBJECT)
+            squeeze = codec.compressor(chosen.codec, chosen.level)
+            read = 0
+            held = False  # the compressor holds input that is not in the store yet
+            while True:
+                if held and not _readable(stdout, IDLE_FLUSH_SECONDS):
+                    # pg_dump paused (a slow table, a busy server, or the end): store what was read so far,
+                    # instead of holding up to a zstd job of it until more arrives.
+                    if out := squeeze.flush_block():
+                        writer.write(out)
+                    held = False
+                chunk = stdout.read1(CHUNK)
+                if not chunk:
+                    break
+                if out := squeeze.compress(chunk):
+                    writer.write(out)
+                held = True
+                read += len(chunk)
+                if progress:
+                    progress(read)
+            code = proc.wait()
+            if code != 0:
+                raise BackupError(f"pg_dump of {target} failed (exit {code}): {tail(errfile)}")
+            if rest := squeeze.flush():
+                writer.write(rest)
+            return writer.commit()
+        except BaseException:
+            kill(proc)
+            if writer is not None:
+                writer.abort()
+            raise
+        finally:
+            if on_proc:
+                on_proc(None)
 
 
 class _Stats:
@@ -190,27 +236,28 @@ def verify_object(repo: Repository, manifest: Manifest, progress: Progress | Non
     return problems
 
 
-@dataclass
-class RestoreResult:
-    sha256: str
-    size: int
-    pg_restore_error: str | None
+_MAGIC = ((b"\x28\xb5\x2f\xfd", "zstd"), (b"\x1f\x8b", "gzip"), (b"\x04\x22\x4d\x18", "lz4"))
+
+
+def sniff(head: bytes) -> str:
+    """The agent codec a stored archive starts with; "none" for a plain pg_dump archive (PGDMP...)."""
+    return next((method for magic, method in _MAGIC if head.startswith(magic)), "none")
 
 
 def restore_stream(chunks: Iterator[bytes], dsn: str, *, tool_override: str | None = None,
                    progress: Progress | None = None, on_proc: ProcHook | None = None,
-                   dbname: str | None = None) -> RestoreResult:
-    """Pipe an archive into pg_restore while hashing it; the caller judges hash and error together."""
-    conn = pgtools.connect(dsn, dbname=dbname)
-    try:
-        major, _ = pgtools.server_major(conn)
-    finally:
-        conn.close()
-    tool = pgtools.find_tool("pg_restore", major, tool_override)
-    env, conninfo = pgtools.tool_env_and_conninfo(dsn, dbname)
-    args = [tool.path, "--no-owner", "--exit-on-error", "--no-password", f"--dbname={conninfo}"]
-    digest = hashlib.sha256()
-    size = 0
+                   dbname: str | None = None, compression: str | None = None) -> RestoreResult:
+    """Pipe an archive into pg_restore while hashing the stored bytes; the caller judges hash and error together.
+
+    ``compression`` is the agent codec the object was stored with (``stream_codec(manifest)``); None reads
+    it from the stream's first bytes, so callers holding only the object restore every method too.
+    """
+    args, env = pg_restore_args(dsn, dbname, tool_override, [])
+    stored = iter(chunks)
+    first = next(stored, b"")
+    method = compression if compression is not None else sniff(first)
+    hashed = Hashed(itertools.chain([first], stored), progress)
+    decode_error: str | None = None
     with tempfile.TemporaryFile() as errfile:
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errfile, env=env,
                                 start_new_session=True)
@@ -219,16 +266,19 @@ def restore_stream(chunks: Iterator[bytes], dsn: str, *, tool_override: str | No
         try:
             assert proc.stdin is not None
             broken = False
-            for chunk in chunks:
-                digest.update(chunk)
-                size += len(chunk)
-                if progress:
-                    progress(size)
-                if not broken:
+            try:
+                for chunk in codec.decompress(method, hashed):
                     try:
                         proc.stdin.write(chunk)
                     except (BrokenPipeError, ConnectionResetError):
-                        broken = True  # keep reading: the hash tells whether the object was the cause
+                        broken = True
+                        break
+                if broken:
+                    hashed.drain()  # keep reading: the hash tells whether the object was the cause
+            except codec.CorruptStream as exc:
+                decode_error = str(exc)
+                kill(proc)  # a cut-off archive must not be restored as if it were whole
+                hashed.drain()  # the hash of the whole stored object says whether the store damaged it
             try:
                 proc.stdin.close()
             except (BrokenPipeError, ConnectionResetError):
@@ -240,8 +290,29 @@ def restore_stream(chunks: Iterator[bytes], dsn: str, *, tool_override: str | No
         finally:
             if on_proc:
                 on_proc(None)
-        error = None if code == 0 else f"pg_restore failed (exit {code}): {_tail(errfile)}"
-    return RestoreResult(sha256=digest.hexdigest(), size=size, pg_restore_error=error)
+        error = decode_error or (None if code == 0 else f"pg_restore failed (exit {code}): {tail(errfile)}")
+    return RestoreResult(sha256=hashed.digest.hexdigest(), size=hashed.size, pg_restore_error=error)
+
+
+def restore_backup(repo: Repository, manifest: Manifest, dsn: str, *, jobs: int = 1, dbname: str | None = None,
+                   tool_override: str | None = None, progress: Progress | None = None,
+                   on_proc: ProcHook | None = None) -> RestoreResult:
+    """Restore a postgres backup of any release, format and compression into ``dsn`` (or its ``dbname``).
+
+    The single place where a restore's input is produced: one custom archive streamed into pg_restore, or,
+    for a directory-format backup or ``jobs`` > 1, every object decompressed and checked into a staging
+    directory first and ``pg_restore -j jobs`` run on it (``opsagent.backup.pgdir``). The result's hash
+    and size are of the first object, for the caller's comparison with the manifest; a damaged later
+    object empties the hash and names itself in ``pg_restore_error``.
+    """
+    if manifest.dump_format == "directory" or jobs > 1:
+        from opsagent.backup import pgdir
+
+        return pgdir.restore_staged(repo, manifest, dsn, jobs=jobs, dbname=dbname, tool_override=tool_override,
+                                    progress=progress, on_proc=on_proc)
+    obj = manifest.objects[0]
+    return restore_stream(repo.read(manifest.id, obj.name), dsn, tool_override=tool_override, progress=progress,
+                          on_proc=on_proc, dbname=dbname, compression=stream_codec(manifest))
 
 
 def stats_of(dsn: str, dbname: str | None = None, methods: dict[str, str] | None = None) -> dict[str, TableStats]:

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -314,6 +315,10 @@ def _check_cron(value: object) -> object:
 Cron = Annotated[str, BeforeValidator(_check_cron)]
 
 
+# The levels each backup.compression method accepts (opsagent/backup/codec.py compresses with them).
+COMPRESSION_LEVELS = {"zstd": (1, 19), "gzip": (1, 9), "lz4": (0, 16), "none": (0, 0)}
+
+
 class BackupSection(Model):
     enabled: bool = True
     schedule: Cron = "0 * * * *"
@@ -334,6 +339,10 @@ class BackupSection(Model):
     pg_dump_path: str | None = None
     snapshot_wait_timeout: Duration = 3600.0  # RDS/ElastiCache snapshot or cross-region copy becoming available
     rds_drill: bool = False  # drills also restore the newest replica-region RDS snapshot into a scratch instance
+    # Release 2, performance (issue 22): how pg_dump output is compressed, and parallel dumps (pg_dump -Fd -j N).
+    compression: Literal["zstd", "gzip", "lz4", "none"] = "zstd"
+    compression_level: int | None = None  # None: the method's default (zstd 3, gzip 6, lz4 0)
+    jobs: int = Field(default=1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _coherent(self) -> BackupSection:
@@ -342,6 +351,16 @@ class BackupSection(Model):
         if self.rpo <= 0 or self.rto <= 0:
             raise ValueError(f"rpo and rto must be positive; expected {DURATION_FORM}")
         return self
+
+    @field_validator("compression_level")
+    @classmethod
+    def _compression_level_in_range(cls, level: int | None, info: ValidationInfo) -> int | None:
+        method = info.data.get("compression")  # absent when compression itself was invalid (reported there)
+        if level is not None and method in COMPRESSION_LEVELS:
+            low, high = COMPRESSION_LEVELS[method]
+            if not low <= level <= high:
+                raise ValueError(f"{level} is out of range for {method}; expected {low}–{high}")
+        return level
 
 
 # The environment a load reads: a mapping handed to pydantic-settings instead of
