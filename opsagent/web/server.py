@@ -239,8 +239,10 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if path == "/metrics":
                 gzip_ok = "gzip" in (self.headers.get("Accept-Encoding") or "")
-                body = agent.exposition.body(gzip_ok)
-                self._send(200, body, agent.exposition.content_type, {"Content-Encoding": "gzip"} if gzip_ok else None)
+                openmetrics_ok = agent.exposition.wants_openmetrics(self.headers.get("Accept"))
+                body = agent.exposition.body(gzip_ok, openmetrics_ok)
+                self._send(200, body, agent.exposition.content_type_for(openmetrics_ok),
+                           {"Content-Encoding": "gzip"} if gzip_ok else None)
             elif path == "/healthz":
                 ok, reason = agent.health()
                 self._text(200 if ok else 503, reason)
