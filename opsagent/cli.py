@@ -20,6 +20,26 @@ from opsagent.config import ConfigError, Settings, load_config, resolve_config_p
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
+EPILOG = """\
+examples:
+  opsagent run --config /etc/opsagent.yaml      the daemon (metrics, status page, alerts, backups)
+  opsagent check                                every check once, as a table
+  opsagent check postgres:main --json           one target, as JSON
+  opsagent config show                          the effective config, secrets as ***
+  opsagent backup run && opsagent backup list   one backup now, then what the repository holds
+  opsagent restore ID --target postgresql://app@scratch:5432/app
+  opsagent runbook HighCPU                      what to do when HighCPU pages
+  source <(opsagent completion bash)            tab completion in this shell
+
+exit status:
+  0  success (check: everything within thresholds; backup verify: intact)
+  1  a check breached or a target is down; a backup, restore, verify or drill failed
+  2  usage or configuration error (one line per problem, naming the key); unknown backup id or runbook
+
+config: --config FILE (before or after the command), else $OPSAGENT_CONFIG, else ./opsagent.yaml;
+every key can be overridden by OPSAGENT_<SECTION>__<KEY> environment variables.
+"""
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -34,7 +54,8 @@ def _config_opt(parser: argparse.ArgumentParser, default: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="opsagent", description="Operational monitoring and disaster-recovery agent.")
+    parser = _Parser(prog="opsagent", description="Operational monitoring and disaster-recovery agent.",
+                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"opsagent {__version__}")
     _config_opt(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -81,7 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     _config_opt(rsub.add_parser("export", help="print alerting rules for the configured alarms"), argparse.SUPPRESS)
 
     p = command("runbook", "list runbooks, or print one")
-    p.add_argument("alert", nargs="?", metavar="ALERT")
+    alert = p.add_argument("alert", nargs="?", metavar="ALERT")
+
+    from opsagent.completion import RUNBOOK_COMPLETION, SHELLS, install_hint
+
+    alert.complete = RUNBOOK_COMPLETION  # type: ignore[attr-defined]  # shtab reads this attribute off the action
+
+    p = sub.add_parser("completion", help="print a shell completion script",
+                       description="print a shell completion script (bash or zsh) for opsagent",
+                       epilog="install:\n" + "\n".join(f"  {install_hint(s)}" for s in SHELLS),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("shell", choices=SHELLS)
     return parser
 
 
@@ -105,6 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "runbook":
         return cmd_runbook(args.alert)
+    if args.command == "completion":
+        from opsagent.completion import completion_script
+
+        sys.stdout.write(completion_script(build_parser(), args.shell))
+        return EXIT_OK
     try:
         settings = _load(args)
     except ConfigError as exc:
