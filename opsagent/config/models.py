@@ -108,6 +108,21 @@ class AgentSection(Model):
             raise ValueError(f"{value!r} is not an address; expected HOST:PORT such as 127.0.0.1:9108")
         return value
 
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, value: str) -> str:
+        """A state_dir that is (or lies under) a file would pass here and kill ``run`` at its first write."""
+        from pathlib import Path
+
+        path = Path(value)
+        for existing in (path, *path.parents):
+            if existing.exists():
+                if not existing.is_dir():
+                    where = "is a file" if existing == path else f"lies under {str(existing)!r}, which is a file"
+                    raise ValueError(f"{value!r} {where}; expected a directory (created when missing)")
+                break
+        return value
+
     @property
     def listen_host(self) -> str:
         return self.listen.rpartition(":")[0].strip("[]")
@@ -528,6 +543,6 @@ def _parse_threshold(spec: AlarmSpec, raw: float | str) -> float:
         form = {ValueKind.RATIO: RATIO_FORM, ValueKind.DURATION: DURATION_FORM}.get(spec.kind, "a number")
         msg = str(exc) if spec.kind in (ValueKind.RATIO, ValueKind.DURATION) else f"{raw!r} is not {form}"
         raise ValueError(f"alerts.{spec.name}.threshold: {msg}") from None
-    if value < 0 or value != value:
-        raise ValueError(f"alerts.{spec.name}.threshold: must be a number >= 0")
+    if not 0 <= value < float("inf"):  # NaN and inf fail too: such an alarm could never fire
+        raise ValueError(f"alerts.{spec.name}.threshold: must be a finite number >= 0")
     return value
