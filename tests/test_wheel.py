@@ -8,6 +8,7 @@ took ~30 s here, the wheel alone ~3 s, and what is under test is the wheel's own
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,8 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A venv outside the checkout with only the built wheel installed into it; returns its bin directory."""
     base = tmp_path_factory.mktemp("wheel")
+    # Build from a copy of what the sdist holds: an in-tree build leaves build/ behind, whose stale files
+    # (a deleted module, a renamed runbook) setuptools would put into the next wheel.
+    source = base / "source"
+    shutil.copytree(ROOT / "opsagent", source / "opsagent", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
     dist = base / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT), "-w", str(dist)],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(source), "-w", str(dist)],
                    check=True, capture_output=True, timeout=180, cwd=base)
     (wheel,) = dist.glob("opsagent-*.whl")
     with zipfile.ZipFile(wheel) as zf:
