@@ -104,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("runbook", "list runbooks, or print one")
     alert = p.add_argument("alert", nargs="?", metavar="ALERT")
 
+    p = command("iam-policy", "print the least-privilege IAM policy for this config (task role, or --execution-role)")
+    p.add_argument("--account", metavar="ID", help="the AWS account id the ARNs are built in (12 digits)")
+    p.add_argument("--partition", default="aws", help="ARN partition (aws, aws-cn, aws-us-gov)")
+    p.add_argument("--template", metavar="FILE", default="deploy/iam/opsagent-policy.json",
+                   help="the shipped policy naming every action (default: %(default)s)")
+    p.add_argument("--kms-key-arn", action="append", default=[], metavar="ALIAS=ARN",
+                   help="the key ARN of a backup key the config names by alias (repeatable)")
+    p.add_argument("--execution-role", action="store_true",
+                   help="the execution role's policy for --task-definition's secrets[].valueFrom instead")
+    p.add_argument("--task-definition", metavar="FILE", default="deploy/ecs/task-definition.json",
+                   help="task definition JSON for --execution-role (default: %(default)s)")
+
     from opsagent.completion import RUNBOOK_COMPLETION, SHELLS, install_hint
 
     alert.complete = RUNBOOK_COMPLETION  # type: ignore[attr-defined]  # shtab reads this attribute off the action
@@ -173,6 +185,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         else:
             print("configuration is valid")
         return EXIT_OK
+    if cmd == "iam-policy":
+        return cmd_iam_policy(settings, args)
     if cmd == "rules":
         from opsagent.rules import render_rules
 
@@ -250,9 +264,34 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     table = [[r["check"], r["target"], _human(r["value"], unit_of(r)), _human(r["threshold"], unit_of(r)),
               r["state"], r["alert"] or "-", r["error"] or ""] for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def cmd_iam_policy(settings: Settings, args: argparse.Namespace) -> int:
+    from opsagent import iam
+
+    def read_json(path: str, what: str) -> Any:
+        try:
+            return json.loads(open(path, encoding="utf-8").read())
+        except (OSError, ValueError) as exc:
+            raise iam.PolicyError(f"{path}: cannot read the {what} ({exc.__class__.__name__}: {exc})") from None
+
+    try:
+        if args.execution_role:
+            policy = iam.execution_policy(read_json(args.task_definition, "task definition"))
+        else:
+            if not args.account:
+                raise iam.PolicyError("--account is required: the ARNs are built in that account")
+            key_arns = dict(pair.partition("=")[::2] for pair in args.kms_key_arn)
+            policy = iam.task_policy(settings, args.account, read_json(args.template, "policy template"), args.partition,
+                                     key_arns)
+    except iam.PolicyError as exc:
+        print(f"opsagent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(iam.render(policy))
+    return EXIT_OK
 
 
 def cmd_runbook(alert: str | None) -> int:
