@@ -72,13 +72,16 @@ def test_the_stack_creates_the_task_definition_roles_and_log_group(aws: Any) -> 
     execution = created["resources"]["ExecutionRole"]["PhysicalResourceId"]
     inline = _document(iam.get_role_policy(RoleName=execution, PolicyName="read-task-secrets")["PolicyDocument"])
     assert inline["Statement"][0]["Resource"] == SECRET
-    task_role = iam.get_role(RoleName=created["resources"]["TaskRole"]["PhysicalResourceId"])["Role"]
-    assert task["taskRoleArn"] == task_role["Arn"]
-    # moto 5.2 creates the role but does not attach ManagedPolicyArns: read the attachment from the template.
+    assert iam.get_role(RoleName=created["resources"]["TaskRole"]["PhysicalResourceId"])["Role"]["Arn"]
+    # moto 5.2 creates the roles but neither attaches ManagedPolicyArns nor keeps the task definition's
+    # role ARNs: those links are read from the template (cfn-lint has validated the references).
     from cfnlint.decode import cfn_yaml
 
-    template = cfn_yaml.loads(TEMPLATE.read_text())
-    assert template["Resources"]["TaskRole"]["Properties"]["ManagedPolicyArns"] == [{"Ref": "TaskPolicyArn"}]
+    resources = cfn_yaml.loads(TEMPLATE.read_text())["Resources"]
+    assert resources["TaskRole"]["Properties"]["ManagedPolicyArns"] == [{"Ref": "TaskPolicyArn"}]
+    props = resources["TaskDefinition"]["Properties"]
+    assert props["TaskRoleArn"] == {"Fn::GetAtt": ["TaskRole", "Arn"]}
+    assert props["ExecutionRoleArn"] == {"Fn::GetAtt": ["ExecutionRole", "Arn"]}
 
 
 def test_ecs_exec_adds_only_the_ssmmessages_policy(aws: Any) -> None:
