@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 
-import shtab
-
 SHELLS = ("bash", "zsh")
 RUNBOOK_COMPLETION = {"bash": "_opsagent_runbooks", "zsh": "_opsagent_runbooks"}
 
@@ -27,6 +25,8 @@ def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
     """The completion script for ``shell`` (one of :data:`SHELLS`); ValueError for any other shell."""
     if shell not in SHELLS:
         raise ValueError(f"no completion for {shell!r}; choose one of {', '.join(SHELLS)}")
+    import shtab  # only for this command: every other command builds the parser without it
+
     script: str = shtab.complete(parser, shell=shell, preamble=_preamble()[shell])
     return script if script.endswith("\n") else script + "\n"
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Never, Protocol, TextIO
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Never, Protocol, TextIO
 
 from opsagent.units import format_bytes
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class Reporter(Protocol):
@@ -57,6 +58,8 @@ class TerminalReporter:
         self._text, self._total, self._done = text, total, 0
         self._started = self._last_line = time.monotonic()
         if self.tty:
+            from tqdm import tqdm  # only on a terminal: the daemon never draws a bar
+
             tqdm.write(text, file=self.stream)
             self._bar = tqdm(total=total or None, unit="B", unit_scale=True, unit_divisor=1024, file=self.stream,
                              mininterval=self.min_redraw, dynamic_ncols=True, leave=True)
