@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,12 @@ def _check_environment(env: dict[str, str]) -> list[str]:
     return problems
 
 
-def resolve_config_path(explicit: str | None, env: dict[str, str] | None = None) -> Path | None:
-    env = os.environ if env is None else env
+def resolve_config_path(explicit: str | None, env: Mapping[str, str] | None = None) -> Path | None:
+    environ: Mapping[str, str] = os.environ if env is None else env
     if explicit:
         return Path(explicit)
-    if env.get(CONFIG_ENV):
-        return Path(env[CONFIG_ENV])
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
     default = Path(DEFAULT_CONFIG_FILE)
     return default if default.exists() else None
 
@@ -151,7 +152,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         try:
             settings = Settings(**data)
         except ValidationError as exc:
-            problems.extend(_problem(e, raw_secrets) for e in exc.errors(include_url=False))
+            problems.extend(_problem(dict(e), raw_secrets) for e in exc.errors(include_url=False))
             raise ConfigError(_dedupe(problems)) from None
         except (ValueError, json.JSONDecodeError) as exc:  # pydantic-settings: bad JSON in an env var
             problems.append(f"environment: {secrets.scrub(str(exc))}; complex values (lists, mappings) must be JSON")
