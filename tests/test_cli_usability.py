@@ -37,7 +37,7 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
 
 
 def test_config_show_prints_effective_alarm_settings(tmp_path: Path) -> None:
-    """Every alarm shows the threshold, for and severity it runs with: catalogue defaults, overrides, and the RPO for BackupStale."""
+    """Every alarm shows the threshold, for and severity it runs with (defaults, overrides, the RPO for BackupStale), every target its deadline."""
     path = tmp_path / "opsagent.yaml"
     path.write_text(CONFIG)
     alerts = load_config(path, env={}).redacted()["alerts"]
@@ -47,6 +47,8 @@ def test_config_show_prints_effective_alarm_settings(tmp_path: Path) -> None:
     assert (alerts["RedisMemoryHigh"]["threshold"], alerts["RedisMemoryHigh"]["for"]) == (0.8, "10m")
     assert alerts["BackupStale"]["threshold"] == "2h"
     assert all(entry["threshold"] is not None for entry in alerts.values())
+    checks = load_config(path, env={}).redacted()["checks"]
+    assert checks["cpu"]["timeout"] == "10s" and checks["postgres"][0]["timeout"] == "10s"  # min(interval, 10s)
 
 
 def test_config_show_masks_only_the_secret_parts(tmp_path: Path) -> None:

@@ -468,7 +468,19 @@ class Settings(BaseSettings):
 
         result: dict[str, Any] = mask(data, self)
         result["alerts"] = self._effective_alerts(result.get("alerts") or {})
+        self._effective_timeouts(result["checks"])
         return result
+
+    def _effective_timeouts(self, shown: dict[str, Any]) -> None:
+        """Each target's ``timeout`` as the deadline it runs with (``timeout: null`` means min(interval, 10s))."""
+        for key, field_info in type(self.checks).model_fields.items():
+            value = getattr(self.checks, key)
+            targets = value if isinstance(value, list) else [value]
+            entries = shown.get(field_info.alias or key)
+            entries = entries if isinstance(entries, list) else [entries]
+            for target, entry in zip(targets, entries, strict=True):
+                if isinstance(target, TargetBase) and isinstance(entry, dict) and "timeout" in entry:
+                    entry["timeout"] = format_duration(target.deadline)
 
     def _effective_alerts(self, shown: Mapping[str, Any]) -> dict[str, Any]:
         """Every catalogue alarm with its effective threshold, ``for``, severity and enabled flag."""
