@@ -32,6 +32,7 @@ from pydantic_settings import (
 
 from opsagent import secrets
 from opsagent.alerts.catalog import ALARMS, AlarmSpec, ValueKind
+from opsagent.config import show
 from opsagent.cron import cron_trigger
 from opsagent.units import (
     DURATION_FORM,
@@ -442,86 +443,8 @@ class Settings(BaseSettings):
         return out
 
     def redacted(self) -> dict[str, Any]:
-        """The effective configuration as ``config show`` prints it (SPEC §9.7).
-
-        Every alarm appears with the threshold, ``for`` and severity it runs with (catalogue defaults
-        merged with overrides), so nobody has to look the defaults up. Only what is secret is ``***``:
-        passwords inside URLs and DSNs, tokens and keys, the userinfo and path of a secret http(s) URL
-        (a Slack webhook's path is its credential, a Sentry DSN's user its key). A DSN without a password
-        stays readable, so it shows which host it points at.
-        """
-        data = self.model_dump(mode="json", by_alias=True)
-
-        def mask(node: Any, model: Any) -> Any:
-            if isinstance(model, SecretStr):
-                return _shown_secret(model.get_secret_value())
-            if isinstance(model, BaseModel):
-                return {
-                    (f.alias or k): mask(node.get(f.alias or k), getattr(model, k))
-                    for k, f in type(model).model_fields.items()
-                }
-            if isinstance(model, (list, tuple)):
-                return [mask(n, m) for n, m in zip(node, model, strict=True)]
-            if isinstance(node, str) and "://" in node:
-                return secrets.mask_url(node)  # a plain URL may still carry user:password (metrics_url)
-            return node
-
-        result: dict[str, Any] = mask(data, self)
-        result["alerts"] = self._effective_alerts(result.get("alerts") or {})
-        self._effective_timeouts(result["checks"])
-        return result
-
-    def _effective_timeouts(self, shown: dict[str, Any]) -> None:
-        """Each target's ``timeout`` as the deadline it runs with (``timeout: null`` means min(interval, 10s))."""
-        for key, field_info in type(self.checks).model_fields.items():
-            value = getattr(self.checks, key)
-            targets = value if isinstance(value, list) else [value]
-            entries = shown.get(field_info.alias or key)
-            entries = entries if isinstance(entries, list) else [entries]
-            for target, entry in zip(targets, entries, strict=True):
-                if isinstance(target, TargetBase) and isinstance(entry, dict) and "timeout" in entry:
-                    entry["timeout"] = format_duration(target.deadline)
-
-    def _effective_alerts(self, shown: Mapping[str, Any]) -> dict[str, Any]:
-        """Every catalogue alarm with its effective threshold, ``for``, severity and enabled flag."""
-        out: dict[str, Any] = {}
-        for name, spec in ALARMS.items():
-            alarm = self.alarm(name)
-            entry = dict(shown.get(name) or AlertOverride().model_dump(mode="json", by_alias=True))
-            threshold: float | str = alarm.threshold
-            if spec.kind is ValueKind.DURATION:
-                threshold = format_duration(alarm.threshold)
-            entry.update({"threshold": threshold, "for": format_duration(alarm.for_seconds),
-                          "severity": alarm.severity, "enabled": alarm.enabled})
-            out[name] = entry
-        return out
-
-
-_SECRET_QUERY_KEYS = re.compile(r"(?i)^(password|passwd|pwd|sslpassword|token|secret|key|auth.*)$")
-
-
-def _shown_secret(raw: str) -> str:
-    """A secret setting as ``config show`` prints it: the parts that are not secret stay readable."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-    if "://" not in raw:
-        return secrets.MASK  # a token or a routing key: all of it is the secret
-    try:
-        parts = urlsplit(raw)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return secrets.MASK
-    host = f"[{host}]" if ":" in host else host
-    hostport = host + (f":{port}" if port else "")
-    if parts.scheme in ("http", "https"):  # webhooks, Sentry DSNs: userinfo and path are the credential
-        return urlunsplit((parts.scheme, (f"{secrets.MASK}@" if parts.username else "") + hostport,
-                           "/" + secrets.MASK if parts.path.strip("/") else parts.path, "", ""))
-    user = parts.username or ""
-    userinfo = f"{user}:{secrets.MASK}@" if parts.password is not None else (f"{user}@" if user else "")
-    query = urlencode([(k, secrets.MASK if _SECRET_QUERY_KEYS.match(k) else v)
-                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
-    return urlunsplit((parts.scheme, userinfo + hostport, parts.path, query, parts.fragment))
+        """The effective configuration as ``config show`` prints it, secrets ``***`` (:mod:`opsagent.config.show`)."""
+        return show.effective_config(self)
 
 
 class EffectiveAlarm(BaseModel):
