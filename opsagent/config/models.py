@@ -32,7 +32,7 @@ from pydantic_settings import (
 
 from opsagent import secrets
 from opsagent.alerts.catalog import ALARMS, AlarmSpec, ValueKind
-from opsagent.config import show
+from opsagent.config.show import effective_config
 from opsagent.cron import cron_trigger
 from opsagent.units import (
     DURATION_FORM,
@@ -444,7 +444,7 @@ class Settings(BaseSettings):
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration as ``config show`` prints it, secrets ``***`` (:mod:`opsagent.config.show`)."""
-        return show.effective_config(self)
+        return effective_config(self)
 
 
 class EffectiveAlarm(BaseModel):
