@@ -113,7 +113,7 @@ def test_cli_builds_the_policy_and_refuses_bad_input(tmp_path: Path) -> None:
     ok = run("--account", ACCOUNT, *(f"--kms-key-arn={alias}={arn}" for alias, arn in KEYS.items()))
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["Statement"]
-    bad = run("--account", "12")
-    assert bad.returncode == 2 and "expected 12 digits" in bad.stderr
     alias = run("--account", ACCOUNT)
     assert alias.returncode == 2 and "--kms-key-arn alias/monay-backups=" in alias.stderr
+    with pytest.raises(iam.PolicyError, match="expected 12 digits"):
+        iam.task_policy(load_config(Path(config), env={}), "12", _load(TEMPLATE), key_arns=KEYS)
