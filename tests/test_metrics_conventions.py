@@ -79,3 +79,23 @@ def test_check_durations_land_in_the_real_histogram(tmp_path: Path) -> None:
     finally:
         for runner in agent.runners.values():
             runner.close()
+
+
+def test_a_real_prometheus_scrapes_the_openmetrics_body(start_agent: Start) -> None:
+    """Prometheus (which asks for OpenMetrics first) scrapes the agent without a parse error and stores counters and process_*."""
+    from tests.fixtures.alertmanager import PrometheusServer
+
+    a = start_agent({"checks": {"redis": [{"name": "cache", "url": "redis://127.0.0.1:6379/0", "interval": "1s"}]}})
+    poll(lambda: a.get("/readyz").status_code == 200)
+    prometheus = PrometheusServer(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"scrape_configs:\n  - job_name: opsagent\n    static_configs: [{{targets: ['{a.settings.agent.listen}']}}]\n")
+    prometheus.start()
+    try:
+        up = poll(lambda: prometheus.query('up{job="opsagent"}'), timeout=30)
+        assert up[0]["value"][1] == "1"  # a body Prometheus could not parse gives up 0
+        for expr in ('opsagent_redis_evicted_keys_total{target="cache"}', "process_resident_memory_bytes",
+                     'opsagent_scheduler_missed_runs_total{check="cpu"}'):
+            assert poll(lambda e=expr: prometheus.query(e), timeout=30), expr
+    finally:
+        prometheus.cleanup()
