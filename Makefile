@@ -9,6 +9,7 @@ CONFIG ?= deploy/local.yaml
 .PHONY: run test lint services bench soak clean screenshots
 
 $(BIN)/python:
+	PYTHON=$(PYTHON) scripts/run-prereqs.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 

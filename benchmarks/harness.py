@@ -177,6 +177,28 @@ def timed_get(port: int, path: str, headers: dict[str, str] | None = None) -> fl
     return elapsed
 
 
+def timed_keepalive_gets(port: int, path: str, count: int) -> list[float]:
+    """Seconds per GET for ``count`` requests on one kept-alive connection (how Prometheus scrapes).
+
+    A Python client on a server without TCP_NODELAY waits ~40 ms per request here (Nagle + delayed ACK);
+    Go clients do not, so this is the figure that shows whether the server sets it.
+    """
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    times: list[float] = []
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            resp.read()
+            times.append(time.perf_counter() - started)
+            if resp.status != 200:
+                raise RuntimeError(f"GET {path} on :{port} answered {resp.status}")
+    finally:
+        conn.close()
+    return times
+
+
 def wait_http(port: int, path: str, timeout: float = 30.0, proc: Proc | None = None) -> float:
     """Poll until GET path answers 200; return the monotonic time it first did."""
     deadline = time.monotonic() + timeout

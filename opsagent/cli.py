@@ -20,6 +20,26 @@ from opsagent.config import ConfigError, Settings, load_config, resolve_config_p
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
+EPILOG = """\
+examples:
+  opsagent run --config /etc/opsagent.yaml      the daemon (metrics, status page, alerts, backups)
+  opsagent check                                every check once, as a table
+  opsagent check postgres:main --json           one target, as JSON
+  opsagent config show                          the effective config, secrets as ***
+  opsagent backup run && opsagent backup list   one backup now, then what the repository holds
+  opsagent restore ID --target postgresql://app@scratch:5432/app
+  opsagent runbook HighCPU                      what to do when HighCPU pages
+  source <(opsagent completion bash)            tab completion in this shell
+
+exit status:
+  0  success (check: everything within thresholds; backup verify: intact)
+  1  a check breached or a target is down; a backup, restore, verify or drill failed
+  2  usage or configuration error (one line per problem, naming the key); unknown backup id or runbook
+
+config: --config FILE (before or after the command), else $OPSAGENT_CONFIG, else ./opsagent.yaml;
+every key can be overridden by OPSAGENT_<SECTION>__<KEY> environment variables.
+"""
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -34,7 +54,8 @@ def _config_opt(parser: argparse.ArgumentParser, default: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="opsagent", description="Operational monitoring and disaster-recovery agent.")
+    parser = _Parser(prog="opsagent", description="Operational monitoring and disaster-recovery agent.",
+                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"opsagent {__version__}")
     _config_opt(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -81,7 +102,29 @@ def build_parser() -> argparse.ArgumentParser:
     _config_opt(rsub.add_parser("export", help="print alerting rules for the configured alarms"), argparse.SUPPRESS)
 
     p = command("runbook", "list runbooks, or print one")
-    p.add_argument("alert", nargs="?", metavar="ALERT")
+    alert = p.add_argument("alert", nargs="?", metavar="ALERT")
+
+    p = command("iam-policy", "print the least-privilege IAM policy for this config (task role, or --execution-role)")
+    p.add_argument("--account", metavar="ID", help="the AWS account id the ARNs are built in (12 digits)")
+    p.add_argument("--partition", default="aws", help="ARN partition (aws, aws-cn, aws-us-gov)")
+    p.add_argument("--template", metavar="FILE", default="deploy/iam/opsagent-policy.json",
+                   help="the shipped policy naming every action (default: %(default)s)")
+    p.add_argument("--kms-key-arn", action="append", default=[], metavar="ALIAS=ARN",
+                   help="the key ARN of a backup key the config names by alias (repeatable)")
+    p.add_argument("--execution-role", action="store_true",
+                   help="the execution role's policy for --task-definition's secrets[].valueFrom instead")
+    p.add_argument("--task-definition", metavar="FILE", default="deploy/ecs/task-definition.json",
+                   help="task definition JSON for --execution-role (default: %(default)s)")
+
+    from opsagent.completion import RUNBOOK_COMPLETION, SHELLS, install_hint
+
+    alert.complete = RUNBOOK_COMPLETION  # type: ignore[attr-defined]  # shtab reads this attribute off the action
+
+    p = sub.add_parser("completion", help="print a shell completion script",
+                       description="print a shell completion script (bash or zsh) for opsagent",
+                       epilog="install:\n" + "\n".join(f"  {install_hint(s)}" for s in SHELLS),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("shell", choices=SHELLS)
 
     p = command("silence", "hold a target's pages for a while (and silence it in Alertmanager when configured)")
     p.add_argument("--target", required=True, metavar="NAME", help="the target whose alerts to hold")
@@ -112,6 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "runbook":
         return cmd_runbook(args.alert)
+    if args.command == "completion":
+        from opsagent.completion import completion_script
+
+        sys.stdout.write(completion_script(build_parser(), args.shell))
+        return EXIT_OK
     try:
         settings = _load(args)
     except ConfigError as exc:
@@ -144,6 +192,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         else:
             print("configuration is valid")
         return EXIT_OK
+    if cmd == "iam-policy":
+        return cmd_iam_policy(settings, args)
     if cmd == "rules":
         from opsagent.rules import render_rules
 
@@ -225,9 +275,34 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     table = [[r["check"], r["target"], _human(r["value"], unit_of(r)), _human(r["threshold"], unit_of(r)),
               r["state"], r["alert"] or "-", r["error"] or ""] for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def cmd_iam_policy(settings: Settings, args: argparse.Namespace) -> int:
+    from opsagent import iam
+
+    def read_json(path: str, what: str) -> Any:
+        try:
+            return json.loads(open(path, encoding="utf-8").read())
+        except (OSError, ValueError) as exc:
+            raise iam.PolicyError(f"{path}: cannot read the {what} ({exc.__class__.__name__}: {exc})") from None
+
+    try:
+        if args.execution_role:
+            policy = iam.execution_policy(read_json(args.task_definition, "task definition"))
+        else:
+            if not args.account:
+                raise iam.PolicyError("--account is required: the ARNs are built in that account")
+            key_arns = dict(pair.partition("=")[::2] for pair in args.kms_key_arn)
+            policy = iam.task_policy(settings, args.account, read_json(args.template, "policy template"), args.partition,
+                                     key_arns)
+    except iam.PolicyError as exc:
+        print(f"opsagent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(iam.render(policy))
+    return EXIT_OK
 
 
 def cmd_runbook(alert: str | None) -> int:

@@ -7,12 +7,16 @@ and ratios as ``0.75`` or ``75%``. Both are plain floats inside the program
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 DURATION_FORM = "a duration such as 30s, 5m, 1h or 1h30m"
+# Longest duration accepted (10 years): beyond it timers overflow (``interval: 1e300`` -> OverflowError) and no
+# real interval, window, RPO or timeout is that long.
+MAX_DURATION_SECONDS = 3650 * 86400.0
 RATIO_FORM = "a ratio such as 0.75 or 75%, between 0 and 1 (0% and 100%)"
 
 
@@ -21,9 +25,11 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected {DURATION_FORM}")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a finite number; expected {DURATION_FORM}")
         if value < 0:
             raise ValueError(f"must not be negative; expected {DURATION_FORM}")
-        return float(value)
+        return _bounded(float(value), value)
     if not isinstance(value, str):
         raise ValueError(f"expected {DURATION_FORM}")
     text = value.strip().lower()
@@ -40,7 +46,13 @@ def parse_duration(value: object) -> float:
         pos = match.end()
     if pos != len(text) or pos == 0:
         raise ValueError(f"{value!r} is not a duration; expected {DURATION_FORM}")
-    return total
+    return _bounded(total, value)
+
+
+def _bounded(seconds: float, value: object) -> float:
+    if not seconds <= MAX_DURATION_SECONDS:  # also catches an overflow to inf from a long digit string
+        raise ValueError(f"{value!r} is longer than 3650d; expected {DURATION_FORM}")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
@@ -74,6 +86,15 @@ def parse_ratio(value: object) -> float:
         number = float(value)
     else:
         raise ValueError(f"expected {RATIO_FORM}")
-    if not 0.0 <= number <= 1.0 or number != number:
+    if not 0.0 <= number <= 1.0:  # NaN fails the comparison too
         raise ValueError(f"{value!r} is outside 0-1; expected {RATIO_FORM}")
     return number
+
+
+def format_bytes(n: float) -> str:
+    """Bytes in binary units as people read them: ``512 B``, ``1.5 KiB``, ``68.0 MiB``, ``2.1 GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

@@ -88,3 +88,20 @@ def test_results_of_one_shape_reuse_their_line_layout_and_stay_identical() -> No
         store.record(step)
         assert collector.render() == reference(collector), f"after step {i}"
     assert b'opsagent_test_connections{check="postgres",state="active",target="main"} 2e-09' in collector.render()
+
+
+def test_reading_counters_render_as_counters_next_to_their_deprecated_gauges() -> None:
+    """A reading's Counter renders as a `_total` counter beside the release-1 gauge of the same count, as prometheus_client would."""
+    from opsagent.checks.base import Counter
+
+    store = ResultStore()
+    collector = ResultsCollector(store)
+    for at in (1.0, 2.0):
+        store.record(CheckResult("redis", "cache", True, 0.5, at, 0.01, gauges=(
+            Gauge("opsagent_redis_evicted_keys", 7.0 * at, {}, "deprecated, removed in release 3"),
+            Counter("opsagent_redis_evicted_keys_total", 7.0 * at, {}, "keys evicted"))))
+        body = collector.render()
+        assert body == reference(collector)
+    assert b"# TYPE opsagent_redis_evicted_keys_total counter\n" in body
+    assert b'opsagent_redis_evicted_keys_total{check="redis",target="cache"} 14.0\n' in body
+    assert b"# TYPE opsagent_redis_evicted_keys gauge\n" in body

@@ -67,3 +67,12 @@ class SimpleCheck:
 
     def context(self) -> Mapping[str, Any]:
         return {}
+
+
+@dataclass(frozen=True)
+class Counter(Gauge):
+    """A cumulative count (name ends in ``_total``): exported as a counter, so ``rate()`` handles resets.
+
+    A subclass rather than a new field of :class:`Reading`, so every path that carries gauges (results,
+    status, fleet) carries counters unchanged; only the metrics renderer tells them apart.
+    """

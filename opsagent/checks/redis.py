@@ -16,7 +16,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from opsagent.checks.base import CheckError, Gauge, Reading
+from opsagent.checks.base import CheckError, Counter, Gauge, Reading
 from opsagent.config import RedisTarget
 
 # redis-py 8 replaced lib_name/lib_version with driver_info; None in either disables CLIENT SETINFO.
@@ -34,11 +34,17 @@ GAUGES: dict[str, tuple[str, str]] = {
     "used_memory_rss": ("opsagent_redis_used_memory_rss_bytes", "resident set size of the Redis process"),
     "maxmemory": ("opsagent_redis_maxmemory_bytes", "maxmemory setting (0 = no limit)"),
     "total_system_memory": ("opsagent_redis_system_memory_bytes", "memory of the host Redis runs on"),
-    "evicted_keys": ("opsagent_redis_evicted_keys", "keys evicted since Redis started (a counter)"),
-    "expired_keys": ("opsagent_redis_expired_keys", "keys expired since Redis started (a counter)"),
+    "evicted_keys": ("opsagent_redis_evicted_keys", "deprecated, removed in release 3: use opsagent_redis_evicted_keys_total"),
+    "expired_keys": ("opsagent_redis_expired_keys", "deprecated, removed in release 3: use opsagent_redis_expired_keys_total"),
     "connected_clients": ("opsagent_redis_connected_clients", "client connections"),
     "blocked_clients": ("opsagent_redis_blocked_clients", "clients blocked in a blocking call"),
     "mem_fragmentation_ratio": ("opsagent_redis_memory_fragmentation_ratio", "used_memory_rss / used_memory"),
+}
+
+# INFO field -> (counter name, help): cumulative counts since Redis started, exported as counters (SPEC 9.7).
+COUNTERS: dict[str, tuple[str, str]] = {
+    "evicted_keys": ("opsagent_redis_evicted_keys_total", "keys evicted since Redis started"),
+    "expired_keys": ("opsagent_redis_expired_keys_total", "keys expired since Redis started"),
 }
 
 # Shown on a page when RedisMemoryHigh fires (INFO memory fields).
@@ -115,6 +121,8 @@ class RedisCheck:
         }
         gauges = [Gauge(metric, float(info[field]), help=text)
                   for field, (metric, text) in GAUGES.items() if _is_number(info.get(field))]
+        gauges += [Counter(metric, float(info[field]), help=text)
+                   for field, (metric, text) in COUNTERS.items() if _is_number(info.get(field))]
         if details["keyspace_hit_ratio"] is not None:
             gauges.append(Gauge("opsagent_redis_keyspace_hit_ratio", details["keyspace_hit_ratio"],
                                 help="keyspace hits / (hits + misses) since Redis started"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,13 +55,42 @@ def resolve_config_path(explicit: str | None, env: Mapping[str, str] | None = No
     return default if default.exists() else None
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+def _read_config_text(path: Path) -> str:
+    """The file's text, read only from a regular file and only up to MAX_CONFIG_BYTES.
+
+    ``/dev/zero`` would be read until memory runs out and a FIFO would block ``open`` until a writer
+    comes, so the file is opened non-blocking, checked to be a regular file, then read with a cap.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ConfigError([f"{path}: config file not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot read config file ({exc.__class__.__name__}: {exc})"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file ({exc.__class__.__name__}: {exc.strerror})"]) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError([f"{path}: not a regular file (a directory, FIFO or device); expected a YAML file"])
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES and (chunk := os.read(fd, 65536)):
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; expected a YAML config file"])
+        return b"".join(chunks).decode("utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file ({exc.__class__.__name__}: {exc.strerror})"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text; expected a YAML file"]) from None
+    finally:
+        os.close(fd)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    text = _read_config_text(path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -122,7 +152,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         try:
             settings = Settings(**data)
         except ValidationError as exc:
-            problems.extend(_problem(e, raw_secrets) for e in exc.errors(include_url=False))
+            problems.extend(_problem(dict(e), raw_secrets) for e in exc.errors(include_url=False))
             raise ConfigError(_dedupe(problems)) from None
         except (ValueError, json.JSONDecodeError) as exc:  # pydantic-settings: bad JSON in an env var
             problems.append(f"environment: {secrets.scrub(str(exc))}; complex values (lists, mappings) must be JSON")

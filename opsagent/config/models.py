@@ -34,6 +34,7 @@ from opsagent import secrets
 from opsagent.alerts.catalog import ALARMS, AlarmSpec, ValueKind
 from opsagent.config.fields import Duration, Ratio, TargetName  # noqa: F401 - Ratio kept for target models
 from opsagent.config.quality import MaintenanceWindow, SloPolicy
+from opsagent.config.show import effective_config
 from opsagent.cron import cron_trigger
 from opsagent.units import (
     DURATION_FORM,
@@ -97,6 +98,21 @@ class AgentSection(Model):
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"{value!r} is not an address; expected HOST:PORT such as 127.0.0.1:9108")
+        return value
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, value: str) -> str:
+        """A state_dir that is (or lies under) a file would pass here and kill ``run`` at its first write."""
+        from pathlib import Path
+
+        path = Path(value)
+        for existing in (path, *path.parents):
+            if existing.exists():
+                if not existing.is_dir():
+                    where = "is a file" if existing == path else f"lies under {str(existing)!r}, which is a file"
+                    raise ValueError(f"{value!r} {where}; expected a directory (created when missing)")
+                break
         return value
 
     @property
@@ -269,7 +285,8 @@ def _alerts_section() -> type[Model]:
     from pydantic import create_model
 
     fields: dict[str, Any] = dict.fromkeys(ALARMS, (AlertOverride | None, None))
-    return create_model("AlertsSection", __base__=_AlertsBase, **fields)
+    model: type[Model] = create_model("AlertsSection", __base__=_AlertsBase, **fields)
+    return model
 
 
 if TYPE_CHECKING:
@@ -459,31 +476,8 @@ class Settings(BaseSettings):
         return out
 
     def redacted(self) -> dict[str, Any]:
-        """The effective configuration with every secret shown as ``***`` (``config show``)."""
-        data = self.model_dump(mode="json", by_alias=True)
-
-        def mask(node: Any, model: Any) -> Any:
-            if isinstance(model, SecretStr):
-                raw = model.get_secret_value()
-                return secrets.mask_url(raw) if "://" in raw and secrets.url_password(raw) else secrets.MASK
-            if isinstance(model, BaseModel):
-                return {
-                    (f.alias or k): mask(node.get(f.alias or k), getattr(model, k))
-                    for k, f in type(model).model_fields.items()
-                }
-            if isinstance(model, (list, tuple)):
-                return [mask(n, m) for n, m in zip(node, model)]
-            if isinstance(node, str) and "://" in node:
-                return secrets.mask_url(node)  # a plain URL may still carry user:password (metrics_url)
-            return node
-
-        result = mask(data, self)
-        # Webhook URLs and DSNs without a password are still secrets as a whole.
-        notify = result["notify"]
-        for key in ("slack_webhook_url", "sentry_dsn"):
-            if notify.get(key):
-                notify[key] = secrets.MASK
-        return result
+        """The effective configuration as ``config show`` prints it, secrets ``***`` (:mod:`opsagent.config.show`)."""
+        return effective_config(self)
 
 
 class EffectiveAlarm(BaseModel):
@@ -513,6 +507,6 @@ def _parse_threshold(spec: AlarmSpec, raw: float | str, key: str = "threshold") 
         form = {ValueKind.RATIO: RATIO_FORM, ValueKind.DURATION: DURATION_FORM}.get(spec.kind, "a number")
         msg = str(exc) if spec.kind in (ValueKind.RATIO, ValueKind.DURATION) else f"{raw!r} is not {form}"
         raise ValueError(f"alerts.{spec.name}.{key}: {msg}") from None
-    if value < 0 or value != value:
-        raise ValueError(f"alerts.{spec.name}.{key}: must be a number >= 0")
+    if not 0 <= value < float("inf"):  # NaN and inf fail too: such an alarm could never fire
+        raise ValueError(f"alerts.{spec.name}.{key}: must be a finite number >= 0")
     return value

@@ -29,7 +29,7 @@ from apscheduler.events import (
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 
 from opsagent import __version__
 from opsagent.alerts.history import AlertEvent
@@ -39,9 +39,8 @@ from opsagent.notify.stats import SinkStats
 from opsagent.runtime.results import CheckResult, ResultStore
 from opsagent.runtime.runner import TargetRunner, describe_error
 from opsagent.telemetry import sentry
-from opsagent.telemetry.histogram import CachedHistogram
 from opsagent.telemetry.metrics import (
-    CollectorAdapter,
+    SCHEDULER_COUNTERS,
     Exposition,
     ResultsCollector,
     duration_histogram,
@@ -88,10 +87,11 @@ class Agent:
         self.started_at = clock()
         self.store = ResultStore()
         self.registry = CollectorRegistry(auto_describe=False)
-        self._durations = duration_histogram()
-        self._lateness = CachedHistogram("opsagent_scheduler_lateness_seconds",
-                                         "How late a check run was submitted against its (jittered) schedule",
-                                         buckets=LATENESS_BUCKETS)
+        self._durations = duration_histogram(self.registry)
+        self._lateness = Histogram("opsagent_scheduler_lateness_seconds",
+                                   "How late a check run was submitted against its (jittered) schedule",
+                                   buckets=LATENESS_BUCKETS, registry=self.registry)
+        ProcessCollector(registry=self.registry)  # process_* of the sidecar itself: RSS, CPU, fds, start time
         self.runners = build_runners(settings, on_bug=sentry.capture_exception)
         self._targets = {(k, t.name): t for k, t in settings.checks.targets()}
         self._stats: dict[str, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
@@ -117,13 +117,12 @@ class Agent:
 
             self.backup = BackupService(settings, self.store, clock=clock)
 
-        # Results and histograms render with their own line caches, outside the registry (benchmarks/).
+        # Results render with their own line cache, outside the registry (benchmarks/NOTES.md).
         self.results_metrics = ResultsCollector(self.store, self.scheduler_stats)
-        self.registry.register(CollectorAdapter(self.pipeline.collect))
+        self.registry.register(self.pipeline)
         if self.backup is not None:
-            self.registry.register(CollectorAdapter(self.backup.collect))
-        self.exposition = Exposition(self.registry, lambda: self.store.version,
-                                     parts=(self.results_metrics.render, self._durations.render, self._lateness.render))
+            self.registry.register(self.backup)
+        self.exposition = Exposition(self.registry, lambda: self.store.version, results=self.results_metrics)
 
         workers = max(4, len(self.runners) + 4)
         self.scheduler = BackgroundScheduler(
@@ -209,9 +208,10 @@ class Agent:
             sentry.capture_exception(event.exception)
 
     def scheduler_stats(self) -> dict[str, dict[tuple[str, str], int]]:
-        out: dict[str, dict[tuple[str, str], int]] = {}
+        # Every series exists from the start at 0, so rate() over a quiet scheduler says 0, not nothing.
+        out: dict[str, dict[tuple[str, str], int]] = {name: dict.fromkeys(self.runners, 0) for name, _ in SCHEDULER_COUNTERS}
         for name, per_key in list(self._stats.items()):
-            out[name] = dict(per_key)
+            out.setdefault(name, {}).update(per_key)
         # The runner's own counters: runs abandoned at their deadline, and runs refused because
         # the previous one still hangs (added to APScheduler's max-instances skips).
         skipped = out.setdefault("opsagent_scheduler_skipped_runs_total", {})
@@ -335,7 +335,9 @@ class AgentWebView:
 
     def metrics(self, accept: str, gzip_ok: bool) -> MetricsBody:
         exposition = self._agent.exposition
-        return MetricsBody(exposition.body(gzip_ok), exposition.content_type, gzipped=gzip_ok)
+        openmetrics = exposition.wants_openmetrics(accept)
+        return MetricsBody(exposition.body(gzip_ok, openmetrics), exposition.content_type_for(openmetrics),
+                           gzipped=gzip_ok)
 
     def checks(self) -> list[CheckRow]:
         from opsagent.alerts.verdict import verdict

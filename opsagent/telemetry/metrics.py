@@ -1,10 +1,10 @@
 """Prometheus exposition, built from the latest results rather than per scrape.
 
 :class:`ResultsCollector` turns the result store into ``opsagent_check_*``
-families and each reading's kind-specific gauges. :class:`Exposition` renders
-the registry once per change (result store version, or at most every
-``max_age`` seconds for state that changes without a result) and keeps both the
-plain and the gzip body, so a scrape is a dictionary lookup.
+families and each reading's kind-specific gauges and counters. :class:`Exposition`
+renders once per change (result store version, or at most every ``max_age``
+seconds for state that changes without a result) and keeps the plain, gzip and
+OpenMetrics bodies, so a scrape is a dictionary lookup.
 """
 
 from __future__ import annotations
@@ -12,19 +12,25 @@ from __future__ import annotations
 import gzip
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.utils import floatToGoString
+from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.utils import floatToGoString as _untyped_float_text
 
 from opsagent import __version__
+from opsagent.checks.base import Counter
 from opsagent.runtime.results import CheckResult, ResultStore
-from opsagent.telemetry.histogram import CachedHistogram
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+OPENMETRICS_CONTENT_TYPE = openmetrics.CONTENT_TYPE_LATEST
+
+# Two public prometheus_client functions without annotations, given their types once.
+floatToGoString: Callable[[float], str] = _untyped_float_text
+_openmetrics_text: Callable[[CollectorRegistry], bytes] = openmetrics.generate_latest
 
 
 SCHEDULER_COUNTERS = (
@@ -34,13 +40,21 @@ SCHEDULER_COUNTERS = (
     ("opsagent_check_timeouts_total", "Runs abandoned at their deadline"),
 )
 
+CORE_LABELS = ("check", "target")
+
+
+def _exposed_name(metric: Metric) -> str:
+    """The name a family's HELP/TYPE lines carry in the text format (counters gain ``_total`` there)."""
+    return metric.name + "_total" if metric.type == "counter" else metric.name
+
 
 class ResultsCollector:
-    """``opsagent_check_value``/``_up``, kind-specific gauges and scheduler counters from the store.
+    """``opsagent_check_value``/``_up``, kind-specific samples and scheduler counters from the store.
 
-    :meth:`render` gives the same text as ``generate_latest`` over :meth:`collect`, but keeps each
-    result's formatted lines and only formats what changed: with 500 samples, rendering everything
-    per update cost ~3-5 ms, which every 15 s scrape paid (benchmarks/).
+    A prometheus_client collector (:meth:`collect`). :meth:`render` gives the same text as
+    ``generate_latest`` over :meth:`collect`, but keeps each result's formatted lines and only formats
+    what changed: with 500 samples, rendering everything per update cost ~3-5 ms, which every 15 s
+    scrape paid (benchmarks/NOTES.md items 7 and 10).
     """
 
     def __init__(self, store: ResultStore, scheduler_stats: Callable[[], dict[str, dict[tuple[str, str], int]]] | None = None):
@@ -64,21 +78,20 @@ class ResultsCollector:
         yield from self._result_families(sorted(self._store.snapshot(), key=lambda r: r.key))
         yield _build_info()
         if self._scheduler_stats is not None:
-            stats = self._scheduler_stats()
-            for name, help_text in SCHEDULER_COUNTERS:
-                family = CounterMetricFamily(name.removesuffix("_total"), help_text, labels=["check", "target"])
-                for (check, target), count in sorted(stats.get(name, {}).items()):
-                    family.add_metric([check, target], float(count))
-                yield family
+            yield from _counter_families(self._scheduler_stats())
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing up front: the families depend on which targets have reported."""
+        return ()
 
     @staticmethod
     def _result_families(results: list[CheckResult]) -> list[Metric]:
         value = GaugeMetricFamily("opsagent_check_value", "The measured ratio or value the check's alarm compares",
-                                  labels=["check", "target"])
+                                  labels=list(CORE_LABELS))
         up = GaugeMetricFamily("opsagent_check_up", "1 if the target answered its last check, 0 if not",
-                               labels=["check", "target"])
+                               labels=list(CORE_LABELS))
         last = GaugeMetricFamily("opsagent_check_last_run_timestamp_seconds", "Unix time of the last finished run",
-                                 labels=["check", "target"])
+                                 labels=list(CORE_LABELS))
         extra: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
         for r in results:
             labels = [r.check, r.target]
@@ -90,10 +103,11 @@ class ResultsCollector:
                 family = extra.get(g.name)
                 names = sorted(g.labels)
                 if family is None:
-                    # A reading's cumulative count (name ending _total) is a counter (issue 17: error_rate's counters).
-                    kind = CounterMetricFamily if g.name.endswith("_total") else GaugeMetricFamily
-                    family = extra[g.name] = kind(g.name.removesuffix("_total") if kind is CounterMetricFamily else g.name,
-                                                  g.help or g.name, labels=["check", "target", *names])
+                    # A cumulative count is a counter: a Counter reading, or a gauge named *_total (error_rate's).
+                    family = extra[g.name] = (
+                        CounterMetricFamily(g.name.removesuffix("_total"), g.help or g.name, labels=[*CORE_LABELS, *names])
+                        if isinstance(g, Counter) or g.name.endswith("_total") else
+                        GaugeMetricFamily(g.name, g.help or g.name, labels=[*CORE_LABELS, *names]))
                 family.add_metric([r.check, r.target, *(str(g.labels[n]) for n in names)], g.value)
         return [value, up, last, *extra.values()]
 
@@ -126,20 +140,27 @@ class ResultsCollector:
         missing = {name: [(k, c) for k, c in stats.get(name, {}).items() if lines.get((name, *k), (None,))[0] != c]
                    for name, _ in SCHEDULER_COUNTERS}
         if any(missing.values()):
-            families = []
-            for name, help_text in SCHEDULER_COUNTERS:
-                family = CounterMetricFamily(name.removesuffix("_total"), help_text, labels=["check", "target"])
-                for (check, target), count in missing[name]:
-                    family.add_metric([check, target], float(count))
-                families.append(family)
-            for (name, _), text in zip(SCHEDULER_COUNTERS, _split_families(generate_latest(_Families(families)))):
-                for ((check, target), count), line in zip(missing[name], text[1]):
+            families = _counter_families(missing)
+            for (name, _), text in zip(SCHEDULER_COUNTERS, _split_families(generate_latest(_Families(families))), strict=True):
+                for ((check, target), count), line in zip(missing[name], text[1], strict=True):
                     lines[(name, check, target)] = (count, line)
         out: list[bytes] = []
         for name, _ in SCHEDULER_COUNTERS:
             out.append(_COUNTER_HEADERS[name])
             out.extend(lines[(name, *k)][1] for k, _ in sorted(stats.get(name, {}).items()))
         return out
+
+
+def _counter_families(stats: dict[str, Any]) -> list[Metric]:
+    """The scheduler counters, one family each, series in the order ``stats`` gives (sorted for collect)."""
+    families: list[Metric] = []
+    for name, help_text in SCHEDULER_COUNTERS:
+        family = CounterMetricFamily(name.removesuffix("_total"), help_text, labels=list(CORE_LABELS))
+        items = stats.get(name, {})
+        for (check, target), count in (sorted(items.items()) if isinstance(items, dict) else items):
+            family.add_metric([check, target], float(count))
+        families.append(family)
+    return families
 
 
 def _build_info() -> GaugeMetricFamily:
@@ -173,7 +194,7 @@ def _split_families(text: bytes) -> list[tuple[bytes, list[bytes]]]:
 
 
 class _Fragment:
-    """One result's formatted lines per family: name -> (header, label names, sample lines)."""
+    """One result's formatted lines per family: exposed name -> (header, label names, sample lines)."""
 
     __slots__ = ("families",)
 
@@ -185,11 +206,20 @@ class _Fragment:
         return cls({name: (header, names, b"".join(body)) for name, header, names, body in _formatted(result)})
 
 
+def _label_names(result: CheckResult) -> list[tuple[str, ...]]:
+    """Each family's label names, in the order ``ResultsCollector._result_families`` builds the families."""
+    extra: dict[str, tuple[str, ...]] = {}
+    for g in result.gauges:
+        extra.setdefault(g.name, (*CORE_LABELS, *sorted(g.labels)))
+    return [CORE_LABELS, CORE_LABELS, CORE_LABELS, *extra.values()]
+
+
 def _formatted(result: CheckResult) -> list[tuple[str, bytes, tuple[str, ...], list[bytes]]]:
-    """One result through ``generate_latest``: per family its name, header, label names and sample lines."""
+    """One result through ``generate_latest``: per family its exposed name, header, label names and sample lines."""
     metrics = ResultsCollector._result_families([result])
     texts = _split_families(generate_latest(_Families(metrics)))
-    return [(m.name, header, tuple(getattr(m, "_labelnames", ())), body) for m, (header, body) in zip(metrics, texts)]
+    return [(_exposed_name(m), header, names, body)
+            for m, names, (header, body) in zip(metrics, _label_names(result), texts, strict=True)]
 
 
 class _FragmentTemplate:
@@ -207,7 +237,7 @@ class _FragmentTemplate:
     @staticmethod
     def shape_of(result: CheckResult) -> tuple[Any, ...]:
         return (result.up, result.value is not None,
-                tuple((g.name, g.help, tuple(g.labels.items())) for g in result.gauges))
+                tuple((type(g), g.name, g.help, tuple(g.labels.items())) for g in result.gauges))
 
     @classmethod
     def of(cls, result: CheckResult) -> _FragmentTemplate:
@@ -229,66 +259,93 @@ class _FragmentTemplate:
         grouped = self._values(result)
         if len(grouped) != len(self._families):
             return _Fragment.of(result)
-        for (name, header, names, prefixes), values in zip(self._families, grouped):
+        for (name, header, names, prefixes), values in zip(self._families, grouped, strict=True):
             if len(prefixes) != len(values):  # cannot happen for an equal shape; never risk a wrong line
                 return _Fragment.of(result)
-            out[name] = (header, names, b"".join(p + floatToGoString(v).encode() + b"\n" for p, v in zip(prefixes, values)))
+            out[name] = (header, names, b"".join(p + floatToGoString(v).encode() + b"\n" for p, v in zip(prefixes, values, strict=True)))
         return _Fragment(out)
 
 
-_CORE_HEADERS = {m.name: header for m, (header, _) in zip(
-    ResultsCollector._result_families([]), _split_families(generate_latest(_Families(ResultsCollector._result_families([])))))}
-_COUNTER_HEADERS = {name: header for (name, _), (header, _) in zip(SCHEDULER_COUNTERS, _split_families(generate_latest(
-    _Families([CounterMetricFamily(n.removesuffix("_total"), h, labels=["check", "target"]) for n, h in SCHEDULER_COUNTERS]))))}
+_CORE_HEADERS = {_exposed_name(m): header for m, (header, _) in zip(
+    ResultsCollector._result_families([]), _split_families(generate_latest(_Families(ResultsCollector._result_families([])))), strict=True)}
+_COUNTER_HEADERS = {name: header for (name, _), (header, _) in zip(
+    SCHEDULER_COUNTERS, _split_families(generate_latest(_Families(_counter_families({})))), strict=True)}
+
+
+def wants_openmetrics(accept: str | None) -> bool:
+    """Whether a scrape's ``Accept`` header asks for OpenMetrics (as Prometheus sends it, with q-values)."""
+    return any(part.split(";", 1)[0].strip().lower() == "application/openmetrics-text"
+               for part in (accept or "").split(","))
+
+
+class _Joined:
+    """The results collector and the registry as one collector, for the OpenMetrics body (one ``# EOF``).
+
+    A release-1 gauge that shares its family name with a counter (``opsagent_redis_evicted_keys`` next to
+    ``opsagent_redis_evicted_keys_total``) is valid in the text format but a name clash in OpenMetrics,
+    so OpenMetrics scrapes get only the counter: it is new there, nothing depends on the old gauge.
+    """
+
+    def __init__(self, results: ResultsCollector | None, registry: CollectorRegistry) -> None:
+        self._results = results
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        families = [*(self._results.collect() if self._results is not None else ()), *self._registry.collect()]
+        counters = {m.name for m in families if m.type == "counter"}
+        return [m for m in families if m.type == "counter" or m.name not in counters]
 
 
 class Exposition:
     """Caches the rendered exposition; re-renders only when something changed.
 
-    ``parts`` render themselves with their own line caches (results, histograms) and come first;
-    the registry holds the collectors that are cheap to format each time (alerts, backups).
+    ``results`` renders with its own line caches and comes first; the registry holds the collectors that
+    are cheap enough to format each time (alerts, backups, histograms, process_*).
     """
 
     def __init__(self, registry: CollectorRegistry, version: Callable[[], int], max_age: float = 2.0,
-                 parts: Sequence[Callable[[], bytes]] = ()) -> None:
+                 results: ResultsCollector | None = None) -> None:
         self._registry = registry
-        self._parts = tuple(parts)
+        self._results = results
         self._version = version
         self._max_age = max_age
         self._lock = threading.Lock()
         self._key: tuple[int, int] | None = None
-        self._plain = b""
-        self._gzip: bytes | None = None  # compressed on the first gzip scrape of each rendering
+        self._bodies: dict[tuple[bool, bool], bytes] = {}  # (openmetrics, gzip) -> body of this rendering
+        self._joined = CollectorRegistry(auto_describe=False)
+        self._joined.register(_Joined(results, registry))
 
-    def body(self, gzip_ok: bool) -> bytes:
+    def body(self, gzip_ok: bool, openmetrics_ok: bool = False) -> bytes:
         key = (self._version(), int(time.monotonic() / self._max_age))
         with self._lock:
             if key != self._key:
-                self._plain = b"".join([*(part() for part in self._parts), generate_latest(self._registry)])
-                self._gzip = None
+                self._bodies = {}
                 self._key = key
-            if not gzip_ok:
-                return self._plain
-            if self._gzip is None:
-                self._gzip = gzip.compress(self._plain, compresslevel=5)
-            return self._gzip
+            body = self._bodies.get((openmetrics_ok, gzip_ok))
+            if body is None:
+                body = self._bodies.get((openmetrics_ok, False))
+                if body is None:
+                    body = self._bodies[(openmetrics_ok, False)] = self._render(openmetrics_ok)
+                if gzip_ok:
+                    body = self._bodies[(openmetrics_ok, True)] = gzip.compress(body, compresslevel=5)
+            return body
+
+    def _render(self, openmetrics_ok: bool) -> bytes:
+        if openmetrics_ok:
+            return _openmetrics_text(self._joined)
+        parts = [self._results.render()] if self._results is not None else []
+        return b"".join([*parts, generate_latest(self._registry)])
+
+    wants_openmetrics = staticmethod(wants_openmetrics)
+
+    @staticmethod
+    def content_type_for(openmetrics_ok: bool) -> str:
+        return OPENMETRICS_CONTENT_TYPE if openmetrics_ok else CONTENT_TYPE_LATEST
 
     content_type = CONTENT_TYPE_LATEST
 
 
-def duration_histogram() -> CachedHistogram:
-    return CachedHistogram("opsagent_check_duration_seconds", "Time one check run took (until result or deadline)",
-                           ["check"], buckets=DURATION_BUCKETS)
-
-
-class CollectorAdapter:
-    """Registers a subsystem's ``collect()`` (alert pipeline, backups) in a registry."""
-
-    def __init__(self, collect: Callable[[], Iterable[Any]]) -> None:
-        self._collect = collect
-
-    def collect(self) -> Iterable[Any]:
-        return self._collect()
-
-    def describe(self) -> Iterable[Any]:
-        return ()
+def duration_histogram(registry: CollectorRegistry) -> Histogram:
+    """``opsagent_check_duration_seconds{check}``, registered in ``registry``."""
+    return Histogram("opsagent_check_duration_seconds", "Time one check run took (until result or deadline)",
+                     ["check"], buckets=DURATION_BUCKETS, registry=registry)
