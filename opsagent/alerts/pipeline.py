@@ -37,6 +37,7 @@ from opsagent.alerts.engine import (
 )
 from opsagent.alerts.history import AlertEvent, AlertHistory
 from opsagent.alerts.render import Identity, alert_payload, fingerprint, labels_for
+from opsagent.alerts.target_rules import target_rules
 from opsagent.config import Settings
 from opsagent.notify.base import Sink
 from opsagent.notify.outbox import Outbox
@@ -64,7 +65,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         rules[name] = Rule(name=name, threshold=eff.threshold, for_seconds=eff.for_seconds, severity=eff.severity,
                            enabled=eff.enabled, comparison=eff.spec.comparison, field=eff.spec.field)
     intervals = {(kind, t.name): t.interval for kind, t in settings.checks.targets()}
-    return EngineConfig(rules=rules, intervals=intervals, down_kinds=tuple(KINDS))
+    return EngineConfig(rules=rules, intervals=intervals, down_kinds=tuple(KINDS),
+                        target_rules=target_rules(settings, rules))
 
 
 def identity(settings: Settings) -> Identity:

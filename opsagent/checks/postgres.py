@@ -18,6 +18,7 @@ import math
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -191,14 +192,31 @@ class PostgresCheck:
     def __init__(self, target: PostgresTarget) -> None:
         self.target = target
         self._params = connect_kwargs(target.dsn.get_secret_value(), target.deadline)
+        self._per_run = target.connect == "per_run"
+        if target.idle_ok:
+            # A suspended serverless compute (Neon) answers once it has woken: give the connect the deadline.
+            self._params["connect_timeout"] = max(2, math.floor(target.deadline * 0.45))
         self._slot = ConnectionSlot()
         # Planning MEASURE_SQL (pg_stat_activity is a view over several joins) costs
         # more than running it: prepare once per connection. A transaction-pooling
-        # proxy in front may lose prepared statements; then run unprepared.
-        self._prepare = True
+        # proxy in front may lose prepared statements; then run unprepared. A
+        # per-run connection never reuses a plan, so it never prepares.
+        self._prepare = not self._per_run
+        self._connect_seconds: float | None = None
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        started = time.monotonic()
+        try:
+            conn = psycopg.connect(autocommit=True, **self._params)
+        except psycopg.OperationalError:
+            if not self.target.idle_ok:
+                raise
+            conn = psycopg.connect(autocommit=True, **self._params)  # the wake-up may cost one refused attempt
+        self._connect_seconds = time.monotonic() - started
+        return conn
 
     def _connection(self) -> psycopg.Connection[Any]:
-        return self._slot.get(lambda: psycopg.connect(autocommit=True, **self._params))
+        return self._slot.get(self._connect)
 
     def _fetchone(self, sql: str) -> tuple[Any, ...]:
         conn = self._connection()
@@ -216,6 +234,23 @@ class PostgresCheck:
         return row
 
     def measure(self) -> Reading:
+        self._connect_seconds = None
+        try:
+            reading = self._measure()
+        finally:
+            if self._per_run:
+                self._slot.drop()  # disconnect so a scale-to-zero compute may suspend until the next run
+        took = self._connected_in()
+        if took is None or not (self._per_run or self.target.idle_ok):
+            return reading
+        details = {**reading.details, "connect": self.target.connect, "connect_seconds": round(took, 3)}
+        return Reading(reading.value, details, reading.gauges, reading.source)
+
+    def _connected_in(self) -> float | None:
+        """Seconds the last run's connect took (a cold start shows here); None when it reused a connection."""
+        return self._connect_seconds
+
+    def _measure(self) -> Reading:
         (max_conn, su_reserved, reserved, in_use, hidden, by_state, idle_tx, longest_query,
          in_recovery, lag_s, lag_bytes) = self._fetchone(MEASURE_SQL)
         usable = max_conn - su_reserved - reserved

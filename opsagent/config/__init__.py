@@ -35,6 +35,7 @@ from opsagent.config.models import (
     TargetBase,
     TargetName,
 )
+from opsagent.config.models import CloudWatchTarget, HttpTarget, RabbitMQTarget, SqlTarget
 from opsagent.config.problems import ConfigError
 
 __all__ = [
@@ -42,5 +43,5 @@ __all__ = [
     "BackupSection", "BullMQTarget", "ChecksSection", "CloudWatchSource", "ConfigError", "Duration", "EffectiveAlarm",
     "ErrorRateTarget", "HostTarget", "NotifySection", "PgBouncerTarget", "PostgresTarget", "Ratio", "RedisTarget",
     "RetentionPolicy", "S3ReplicationTarget", "Settings", "SqsTarget", "TargetBase", "TargetName", "load_config",
-    "read_yaml", "resolve_config_path",
+    "read_yaml", "resolve_config_path", "RabbitMQTarget", "SqlTarget", "HttpTarget", "CloudWatchTarget",
 ]

@@ -1,0 +1,103 @@
+"""A business check in SQL: one number from one query ("minutes since the last webhook", "payments stuck PENDING").
+
+The query runs in a read-only transaction (``default_transaction_read_only``
+plus ``BEGIN READ ONLY``) under ``statement_timeout``, so a check can neither
+change data nor hold locks past its deadline. Rows come through a server-side
+cursor and at most two are fetched: a query that would return millions of rows
+costs the agent two rows of memory, and "several rows" is still detected. The
+answer must be exactly one row of one number (an ``interval`` counts, in
+seconds); anything else is a check error naming the target, never a guess.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from collections.abc import Mapping
+from typing import Any, ClassVar, cast
+
+import psycopg
+from pydantic import SecretStr
+
+from opsagent.checks.base import CheckError, Reading
+from opsagent.checks.postgres import ConnectionSlot, connect_kwargs
+from opsagent.config import SqlTarget
+
+CURSOR_NAME = "opsagent_sql_check"
+
+
+def as_number(value: object, target: str) -> float:
+    """The query's answer as a float; CheckError for NULL, text, booleans and other non-numbers."""
+    if isinstance(value, bool) or value is None:
+        shown = "NULL" if value is None else repr(value)
+        raise CheckError(f"sql check {target!r}: the query returned {shown}, not a number")
+    if isinstance(value, (int, float, decimal.Decimal)):
+        number = float(value)
+        if number != number:
+            raise CheckError(f"sql check {target!r}: the query returned NaN, not a number")
+        return number
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    raise CheckError(f"sql check {target!r}: the query returned a {type(value).__name__} "
+                     f"({str(value)[:40]!r}), not a number; cast it, e.g. count(*) or EXTRACT(EPOCH FROM …)")
+
+
+def single_value(rows: list[tuple[Any, ...]], target: str) -> object:
+    """The one cell of a one-row, one-column answer."""
+    if not rows:
+        raise CheckError(f"sql check {target!r}: the query returned no row; it must return exactly one number "
+                         "(wrap it in an aggregate such as count(*) or COALESCE(max(…), 0))")
+    if len(rows) > 1:
+        raise CheckError(f"sql check {target!r}: the query returned several rows; it must return exactly one")
+    if len(rows[0]) != 1:
+        raise CheckError(f"sql check {target!r}: the query returned {len(rows[0])} columns; it must return one")
+    return rows[0][0]
+
+
+class SqlCheck:
+    """One number from one read-only query on one persistent, tagged connection."""
+
+    kind: ClassVar[str] = "sql"
+
+    def __init__(self, target: SqlTarget) -> None:
+        self.target = target
+        params = connect_kwargs(cast(SecretStr, target.dsn).get_secret_value(), target.deadline)
+        params["options"] = f"{params['options']} -c default_transaction_read_only=on"
+        self._params = params
+        self._slot = ConnectionSlot()
+        self._details: dict[str, Any] = {"comparison": target.comparison, "threshold": target.threshold}
+        if target.unit:
+            self._details["unit"] = target.unit
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        def connect() -> psycopg.Connection[Any]:
+            conn = psycopg.connect(autocommit=False, **self._params)
+            conn.read_only = True
+            return conn
+
+        return self._slot.get(connect)
+
+    def measure(self) -> Reading:
+        conn = self._connection()
+        try:
+            with conn.cursor(name=CURSOR_NAME) as cursor:
+                cursor.execute(self.target.query)
+                rows = cursor.fetchmany(2)
+            conn.rollback()
+        except psycopg.errors.SyntaxError as exc:
+            self._slot.drop()
+            if "CURSOR FOR" in str(exc) and not self.target.query.lstrip().lower().startswith(("select", "with", "values", "table")):
+                raise CheckError(f"sql check {self.target.name!r}: the query must be a read-only SELECT "
+                                 "(it runs in a read-only transaction)") from None
+            raise
+        except psycopg.Error:
+            self._slot.drop()
+            raise
+        value = as_number(single_value(rows, self.target.name), self.target.name)
+        return Reading(value=value, details=dict(self._details), source="sql")
+
+    def context(self) -> Mapping[str, Any]:
+        return {"query": self.target.query[:500]}
+
+    def close(self) -> None:
+        self._slot.close()
