@@ -79,7 +79,10 @@ class HttpCheck(SimpleCheck):
                 raise _ProbeFailed(f"the body did not arrive within {self._budget:g}s")
             if sock is not None:
                 sock.settimeout(remaining)
-            chunk = response.read1(min(65536, BODY_CAP - len(body)))
+            try:
+                chunk = response.read1(min(65536, BODY_CAP - len(body)))
+            except TimeoutError:
+                raise _ProbeFailed(f"the body did not arrive within {self._budget:g}s") from None
             if not chunk:
                 break
             body += chunk
@@ -105,6 +108,8 @@ class HttpCheck(SimpleCheck):
                 body = self._read_body(response, sock, deadline) if self._needle is not None else b""
             except ssl.SSLCertVerificationError as exc:
                 raise _ProbeFailed(f"TLS certificate not trusted: {exc.verify_message or exc}") from None
+            except TimeoutError:
+                raise _ProbeFailed(f"no answer within {self._budget:g}s (timed out)") from None
             except (OSError, http.client.HTTPException) as exc:
                 raise _ProbeFailed(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
         finally:

@@ -29,6 +29,7 @@ from opsagent.checks.base import CheckError, Gauge, Reading
 from opsagent.config import PostgresTarget
 
 APPLICATION_NAME = "opsagent"
+COLD_START_PAUSE = 0.25  # seconds between connect attempts to a waking compute (idle_ok)
 
 # One round trip. ``current_setting(name, true)`` is NULL where the setting does
 # not exist (``reserved_connections`` before 16), so the query is version-agnostic.
@@ -193,9 +194,6 @@ class PostgresCheck:
         self.target = target
         self._params = connect_kwargs(target.dsn.get_secret_value(), target.deadline)
         self._per_run = target.connect == "per_run"
-        if target.idle_ok:
-            # A suspended serverless compute (Neon) answers once it has woken: give the connect the deadline.
-            self._params["connect_timeout"] = max(2, math.floor(target.deadline * 0.45))
         self._slot = ConnectionSlot()
         # Planning MEASURE_SQL (pg_stat_activity is a view over several joins) costs
         # more than running it: prepare once per connection. A transaction-pooling
@@ -205,13 +203,25 @@ class PostgresCheck:
         self._connect_seconds: float | None = None
 
     def _connect(self) -> psycopg.Connection[Any]:
+        """One connect; with ``idle_ok``, attempts until most of the deadline is spent.
+
+        A suspended serverless compute (Neon) refuses or stalls connections while it
+        wakes, for a second or a few: that is a cold start, not an outage.
+        """
         started = time.monotonic()
-        try:
+        if not self.target.idle_ok:
             conn = psycopg.connect(autocommit=True, **self._params)
-        except psycopg.OperationalError:
-            if not self.target.idle_ok:
-                raise
-            conn = psycopg.connect(autocommit=True, **self._params)  # the wake-up may cost one refused attempt
+        else:
+            budget = started + self.target.deadline * 0.8
+            while True:
+                left = budget - time.monotonic()
+                try:
+                    conn = psycopg.connect(autocommit=True, **{**self._params, "connect_timeout": max(1, math.ceil(left))})
+                    break
+                except psycopg.OperationalError:
+                    if left <= COLD_START_PAUSE * 2:
+                        raise
+                    time.sleep(COLD_START_PAUSE)  # the compute is waking up; ask again shortly
         self._connect_seconds = time.monotonic() - started
         return conn
 
