@@ -11,7 +11,9 @@ read that answer. A round lasts half the shortest interval of the region's
 targets, so each target still sees a fresh answer every run.
 
 Datapoints are stamped with the start of their period; a period is complete
-once its end has passed. An empty answer is 0 for counting statistics (Sum,
+once its end has passed. The request's window is aligned to the longest period
+of the round, so mixing 1m and 5m targets in one region costs the 1m targets up
+to four minutes of freshness (one request per round is worth more). An empty answer is 0 for counting statistics (Sum,
 SampleCount: AWS publishes no datapoint when nothing happened, e.g. a Lambda
 that was not invoked) and a check error for the others (nothing to judge).
 """
@@ -113,8 +115,11 @@ class RegionBatcher:
 
     def _fetch(self, queries: list[MetricQuery], now: float, timeout: float) -> dict[MetricQuery, Answer]:
         client = aws.client("cloudwatch", self.region, timeout=timeout, max_attempts=2)
-        end = math.floor(now / 60) * 60
-        start = end - max(q.period for q in queries) * LOOKBACK_PERIODS
+        # Aligned to the longest period so that its buckets are whole periods of the clock (12:05-12:10,
+        # not 12:07-12:12): CloudWatch buckets from StartTime. Shorter periods that divide it stay aligned.
+        longest = max(q.period for q in queries)
+        end = math.floor(now / longest) * longest
+        start = end - longest * LOOKBACK_PERIODS
         answers: dict[MetricQuery, Answer] = {}
         for first in range(0, len(queries), MAX_QUERIES):
             chunk = queries[first:first + MAX_QUERIES]

@@ -106,7 +106,12 @@ class RabbitMQCheck(SimpleCheck):
     # -- AMQP ------------------------------------------------------------------------------------
 
     def _amqp_depths(self) -> list[QueueDepth]:
-        connection = pika.BlockingConnection(self._params)
+        try:
+            connection = pika.BlockingConnection(self._params)
+        except pika.exceptions.AMQPConnectionError as exc:
+            # pika's own text is often empty; the reason is the wrapped connector error.
+            reason = "; ".join(repr(a) if isinstance(a, Exception) else str(a) for a in exc.args) or type(exc).__name__
+            raise CheckError(f"cannot connect to RabbitMQ at {self._params.host}:{self._params.port}: {reason}") from None
         try:
             channel = connection.channel()
             depths = []
