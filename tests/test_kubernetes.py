@@ -68,7 +68,7 @@ def test_configmap_holds_a_valid_config_without_secrets(tmp_path: Path) -> None:
     settings = load_config(path, env={})
     assert settings.agent.listen_port == 9108
     assert "REPLACE_ME" not in text and ":REPLACE" not in text
-    env = {k: v for k, v in by_kind("Secret")["stringData"].items()}
+    env = dict(by_kind("Secret")["stringData"])
     with_secrets = load_config(path, env=env)
     assert with_secrets.checks.postgres[0].connect == "per_run"
     assert "REPLACE_ME" in with_secrets.checks.rabbitmq[0].url.get_secret_value()
