@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ from opsagent.checks.base import CheckError, Gauge, Reading, SimpleCheck
 from opsagent.config import RabbitMQTarget
 
 MANAGEMENT_REPLY_CAP = 4 << 20  # bytes read from one management API answer
+
+# pika logs every refused connect and closed channel at warning/error level: the runner's check_failed
+# event already says it once, with the target's name.
+logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
 @dataclass(frozen=True)
