@@ -76,7 +76,7 @@ def test_unusable_answers_are_check_errors_naming_the_target(shop: str, query: s
 
 def test_the_query_cannot_write(shop: str, private_pg: PostgresServer) -> None:
     """A data-modifying statement or a writing function is refused by the read-only transaction and changes nothing."""
-    with pytest.raises(CheckError, match="read-only SELECT"):
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
         measure(shop, "DELETE FROM payments")
     with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
         measure(shop, "SELECT settle_all()")

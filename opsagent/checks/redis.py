@@ -11,8 +11,10 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
 
 import redis
+from redis._parsers import _RESP2Parser, _RESP3Parser
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -24,6 +26,10 @@ _NO_SETINFO: dict[str, Any] = (
     {"driver_info": None} if "driver_info" in inspect.signature(redis.Redis.__init__).parameters
     else {"lib_name": None, "lib_version": None}
 )
+
+# The largest bulk reply read from a target. A real INFO is a few KiB; a hostile endpoint answering 300 MB
+# would otherwise be read whole into memory (the agent shares a 384 MiB task).
+REPLY_CAP = 4 << 20
 
 BASIS_MAXMEMORY = "maxmemory"
 BASIS_SYSTEM = "system memory (maxmemory is 0)"
@@ -47,6 +53,26 @@ CONTEXT_FIELDS = (
     "used_memory_overhead", "used_memory_scripts", "mem_fragmentation_ratio", "maxmemory_human",
     "maxmemory_policy", "total_system_memory_human", "mem_clients_normal", "mem_replication_backlog",
 )
+
+
+def capped_parser(base: type[Any]) -> type[Any]:
+    """``base`` (a redis-py RESP parser) refusing any bulk reply longer than REPLY_CAP before reading it."""
+
+    class CappedParser(base):  # type: ignore[misc]  # redis-py's parsers are untyped
+        def on_connect(self, connection: Any) -> None:
+            super().on_connect(connection)
+            buffer = self._buffer
+            read = buffer.read
+
+            def read_capped(length: int, *args: Any, **kwargs: Any) -> bytes:
+                if length > REPLY_CAP:
+                    raise CheckError(f"the server answered a {length}-byte reply; more than the {REPLY_CAP}-byte cap "
+                                     "(is this a Redis server?)")
+                return read(length, *args, **kwargs)  # type: ignore[no-any-return]
+
+            buffer.read = read_capped
+
+    return CappedParser
 
 
 def memory_ratio(info: Mapping[str, Any]) -> tuple[float, str, int]:
@@ -76,8 +102,11 @@ class RedisCheck:
         # business, and retries would multiply the socket timeouts past the deadline.
         # No CLIENT SETNAME/SETINFO on connect: a least-privilege ACL user (+info
         # only) must be able to run this check.
+        url = target.url.get_secret_value()
+        resp2 = parse_qs(urlsplit(url).query).get("protocol") == ["2"]  # redis-py 8 speaks RESP3 (HELLO 3) by default
         self._client = redis.Redis.from_url(
-            target.url.get_secret_value(),
+            url,
+            parser_class=capped_parser(_RESP2Parser if resp2 else _RESP3Parser),
             socket_timeout=max(0.5, deadline * 0.8),
             socket_connect_timeout=max(0.5, min(5.0, deadline * 0.8)),
             retry=Retry(NoBackoff(), 0),

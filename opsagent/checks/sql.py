@@ -2,9 +2,10 @@
 
 The query runs in a read-only transaction (``default_transaction_read_only``
 plus ``BEGIN READ ONLY``) under ``statement_timeout``, so a check can neither
-change data nor hold locks past its deadline. Rows come through a server-side
-cursor and at most two are fetched: a query that would return millions of rows
-costs the agent two rows of memory, and "several rows" is still detected. The
+change data nor hold locks past its deadline. Rows are read one at a time and
+at most two are kept (then the query is cancelled): a query that would return
+millions of rows costs the agent two rows of memory, and "several rows" is
+still detected. The
 answer must be exactly one row of one number (an ``interval`` counts, in
 seconds); anything else is a check error naming the target, never a guess.
 """
@@ -20,10 +21,8 @@ import psycopg
 from pydantic import SecretStr
 
 from opsagent.checks.base import CheckError, Reading
-from opsagent.checks.postgres import ConnectionSlot, connect_kwargs
+from opsagent.checks.postgres import ConnectionSlot, connect_kwargs, fetch_bounded
 from opsagent.config import SqlTarget
-
-CURSOR_NAME = "opsagent_sql_check"
 
 
 def as_number(value: object, target: str) -> float:
@@ -80,15 +79,13 @@ class SqlCheck:
     def measure(self) -> Reading:
         conn = self._connection()
         try:
-            with conn.cursor(name=CURSOR_NAME) as cursor:
-                cursor.execute(self.target.query)
-                rows = cursor.fetchmany(2)
+            rows = fetch_bounded(conn, self.target.query, 2, f"sql check {self.target.name!r}: the query")
             conn.rollback()
-        except psycopg.errors.SyntaxError as exc:
+        except CheckError as exc:
             self._slot.drop()
-            if "CURSOR FOR" in str(exc) and not self.target.query.lstrip().lower().startswith(("select", "with", "values", "table")):
-                raise CheckError(f"sql check {self.target.name!r}: the query must be a read-only SELECT "
-                                 "(it runs in a read-only transaction)") from None
+            if "more than 2 rows" in str(exc):
+                raise CheckError(f"sql check {self.target.name!r}: the query returned several rows; "
+                                 "it must return exactly one") from None
             raise
         except psycopg.Error:
             self._slot.drop()
