@@ -19,8 +19,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Generator, Mapping
+from typing import Any, ClassVar, cast
 
 import psycopg
 from psycopg import conninfo
@@ -148,7 +148,7 @@ def fetch_bounded(conn: psycopg.Connection[Any], sql: str, limit: int, what: str
     rest (after its cancel request) fails at once instead of reading on.
     """
     rows: list[tuple[Any, ...]] = []
-    stream = conn.cursor().stream(sql)
+    stream = cast(Generator[tuple[Any, ...], None, None], conn.cursor().stream(sql))  # a generator, typed Iterator
     try:
         for row in stream:
             if len(rows) == limit:
