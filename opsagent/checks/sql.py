@@ -1,7 +1,7 @@
 """A business check in SQL: one number from one query ("minutes since the last webhook", "payments stuck PENDING").
 
-The query runs in a read-only transaction (``default_transaction_read_only``
-plus ``BEGIN READ ONLY``) under ``statement_timeout``, so a check can neither
+The query runs alone in a read-only transaction (the session is opened with
+``default_transaction_read_only=on``; the extended protocol allows one statement) under ``statement_timeout``, so a check can neither
 change data nor hold locks past its deadline. Rows are read one at a time and
 at most two are kept (then the query is cancelled): a query that would return
 millions of rows costs the agent two rows of memory, and "several rows" is
@@ -69,18 +69,14 @@ class SqlCheck:
             self._details["unit"] = target.unit
 
     def _connection(self) -> psycopg.Connection[Any]:
-        def connect() -> psycopg.Connection[Any]:
-            conn = psycopg.connect(autocommit=False, **self._params)
-            conn.read_only = True
-            return conn
-
-        return self._slot.get(connect)
+        return self._slot.get(lambda: psycopg.connect(autocommit=True, **self._params))
 
     def measure(self) -> Reading:
         conn = self._connection()
         try:
+            # One statement (extended protocol) in its own implicit transaction, read-only by the session's
+            # default_transaction_read_only: no BEGIN/ROLLBACK round trips whose answers would be unbounded reads.
             rows = fetch_bounded(conn, self.target.query, 2, f"sql check {self.target.name!r}: the query")
-            conn.rollback()
         except CheckError as exc:
             self._slot.drop()
             if "more than 2 rows" in str(exc):
