@@ -152,5 +152,11 @@ def test_profile_pages_one_alarm_of_each_new_kind(name: str, aws: Any, private_p
         assert " < threshold " in disk[0]["annotations"]["description"], disk[0]["annotations"]
     per_run = [r for r in status["checks"] if r["check"] == "postgres"]
     if name == "paypass":
-        assert per_run and private_pg.psql(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'opsagent' AND state = 'idle'") == "0"
+        metrics = agent.get("/metrics").text.splitlines()
+        ready = [m for m in metrics if m.startswith("opsagent_rabbitmq_queue_messages_ready{")]
+        assert any(f'queue="{rabbit_queue}"' in m and 'target="broker"' in m and m.endswith(" 5.0") for m in ready), ready
+        expiry = [m for m in metrics if m.startswith("opsagent_tls_certificate_expiry_seconds{")]
+        assert expiry and 'target="public-api"' in expiry[0] and 4 * 86400 < float(expiry[0].split()[-1]) < 5 * 86400
+        # Between runs the per_run target holds no session (a run's own session lives a few milliseconds).
+        assert per_run and poll(lambda: private_pg.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'opsagent'") == "0")
