@@ -75,6 +75,11 @@ def capped_parser(base: type[Any]) -> type[Any]:
     return CappedParser
 
 
+def not_redis(exc: BaseException) -> CheckError:
+    """redis-py tripping over a reply of the wrong shape (HELLO answered with a string): the target's fault."""
+    return CheckError(f"the server's answer is not the Redis protocol ({type(exc).__name__}: {exc}); is this a Redis server?")
+
+
 def memory_ratio(info: Mapping[str, Any]) -> tuple[float, str, int]:
     """(used / basis, basis name, basis bytes); CheckError if the answer lacks the core fields."""
     try:
@@ -104,7 +109,15 @@ class RedisCheck:
         # only) must be able to run this check.
         url = target.url.get_secret_value()
         resp2 = parse_qs(urlsplit(url).query).get("protocol") == ["2"]  # redis-py 8 speaks RESP3 (HELLO 3) by default
-        self._client = redis.Redis.from_url(
+        try:
+            self._client = self._connect(url, resp2, deadline)
+        except (AttributeError, TypeError) as exc:  # the single connection says HELLO at once
+            raise not_redis(exc) from None
+        self._last_evicted: int | None = None
+
+    @staticmethod
+    def _connect(url: str, resp2: bool, deadline: float) -> redis.Redis:
+        return redis.Redis.from_url(
             url,
             parser_class=capped_parser(_RESP2Parser if resp2 else _RESP3Parser),
             socket_timeout=max(0.5, deadline * 0.8),
@@ -114,10 +127,12 @@ class RedisCheck:
             single_connection_client=True,
             health_check_interval=0,
         )
-        self._last_evicted: int | None = None
 
     def measure(self) -> Reading:
-        info: dict[str, Any] = self._client.info()
+        try:
+            info: dict[str, Any] = self._client.info()
+        except (AttributeError, TypeError) as exc:
+            raise not_redis(exc) from None
         ratio, basis, basis_bytes = memory_ratio(info)
         used = int(info["used_memory"])
         hits = int(info.get("keyspace_hits", 0))

@@ -218,7 +218,7 @@ def test_hello_answered_with_a_string_is_a_target_error_not_an_agent_bug(tmp_pat
             {"name": "liar", "url": f"redis://127.0.0.1:{server.port}/0", "timeout": "3s"}]})
     finally:
         server.close()
-    assert_down_with(row, rss, stderr, "")
+    assert_down_with(row, rss, stderr, "is this a Redis server?")
     assert "check_failed" in stderr
 
 
