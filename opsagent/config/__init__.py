@@ -19,29 +19,32 @@ from opsagent.config.models import (
     BullMQTarget,
     ChecksSection,
     CloudWatchSource,
+    CloudWatchTarget,
     Duration,
     EffectiveAlarm,
     ErrorRateTarget,
     HostTarget,
+    HttpTarget,
     NotifySection,
     PgBouncerTarget,
     PostgresTarget,
+    RabbitMQTarget,
     Ratio,
     RedisTarget,
     RetentionPolicy,
     S3ReplicationTarget,
     Settings,
+    SqlTarget,
     SqsTarget,
     TargetBase,
     TargetName,
 )
-from opsagent.config.models import CloudWatchTarget, HttpTarget, RabbitMQTarget, SqlTarget
 from opsagent.config.problems import ConfigError
 
 __all__ = [
     "CONFIG_ENV", "DEFAULT_CONFIG_FILE", "ENV_PREFIX", "LIST_KINDS", "AgentSection", "AlertOverride", "AlertsSection",
-    "BackupSection", "BullMQTarget", "ChecksSection", "CloudWatchSource", "ConfigError", "Duration", "EffectiveAlarm",
-    "ErrorRateTarget", "HostTarget", "NotifySection", "PgBouncerTarget", "PostgresTarget", "Ratio", "RedisTarget",
-    "RetentionPolicy", "S3ReplicationTarget", "Settings", "SqsTarget", "TargetBase", "TargetName", "load_config",
-    "read_yaml", "resolve_config_path", "RabbitMQTarget", "SqlTarget", "HttpTarget", "CloudWatchTarget",
+    "BackupSection", "BullMQTarget", "ChecksSection", "CloudWatchSource", "CloudWatchTarget", "ConfigError", "Duration", "EffectiveAlarm",
+    "ErrorRateTarget", "HostTarget", "HttpTarget", "NotifySection", "PgBouncerTarget", "PostgresTarget", "RabbitMQTarget", "Ratio", "RedisTarget",
+    "RetentionPolicy", "S3ReplicationTarget", "Settings", "SqlTarget", "SqsTarget", "TargetBase", "TargetName", "load_config",
+    "read_yaml", "resolve_config_path",
 ]
