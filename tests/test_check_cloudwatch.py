@@ -13,7 +13,7 @@ import pytest
 
 from opsagent.alerts.verdict import verdict
 from opsagent.checks.base import CheckError
-from opsagent.checks.cloudwatch import Answer, CloudWatchCheck, MetricQuery, RegionBatcher
+from opsagent.checks.cloudwatch import Answer, CloudWatchCheck, MetricQuery, RegionBatcher, batcher
 from opsagent.config import CloudWatchTarget, Settings
 from opsagent.runtime.results import CheckResult
 from opsagent.runtime.runner import TargetRunner
@@ -162,3 +162,20 @@ def test_a_hung_region_never_delays_another_region() -> None:
     finally:
         release.set()
         slow.close()
+
+
+def test_a_target_without_region_shares_the_request_of_its_environment_region(aws: Any) -> None:
+    """With AWS_DEFAULT_REGION=us-east-1, a target without region and one with region us-east-1 cost one request."""
+    done = last_complete_period(time.time())
+    put("us-east-1", "AWS/Lambda", "Errors", {"FunctionName": "a"}, [(done + 1, 1)])
+    put("us-east-1", "AWS/Lambda", "Errors", {"FunctionName": "b"}, [(done + 1, 2)])
+    shared = batcher("us-east-1")
+    before = shared.calls
+    implicit = CloudWatchCheck(target("a", "AWS/Lambda", "Errors", {"FunctionName": "a"}, "Sum", 0))
+    explicit = CloudWatchCheck(target("b", "AWS/Lambda", "Errors", {"FunctionName": "b"}, "Sum", 0, region="us-east-1"))
+    try:
+        assert (implicit.measure().value, explicit.measure().value) == (1.0, 2.0)
+        assert shared.calls - before == 1
+    finally:
+        implicit.close()
+        explicit.close()

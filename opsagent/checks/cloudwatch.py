@@ -21,6 +21,7 @@ that was not invoked) and a check error for the others (nothing to judge).
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -165,7 +166,10 @@ class CloudWatchCheck:
         self.target = target
         self._clock = clock
         self.query = MetricQuery.of(target)
-        self._batcher = shared if shared is not None else batcher(target.region)
+        # A target without a region shares the batcher of the region the boto3 chain would pick from the
+        # environment, so "region: us-east-1" and no region in us-east-1 are one request, not two.
+        region = target.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        self._batcher = shared if shared is not None else batcher(region)
         self._batcher.join(id(self), self.query, target.interval)
         self._timeout = max(1.0, min(10.0, target.deadline * 0.8))
         self._label = f"{target.namespace} {target.metric} {target.statistic}"
