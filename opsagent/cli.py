@@ -238,7 +238,8 @@ def cmd_check(settings: Settings, names: list[str], as_json: bool) -> int:
         v = verdict(settings, result)
         failed |= (not result.up) or bool(v.breached)
         rows.append({"check": result.check, "target": result.target, "value": result.value, "threshold": v.threshold,
-                     "alert": v.alert, "state": v.state, "up": result.up, "error": result.error})
+                     "alert": v.alert, "state": v.state, "up": result.up,
+                     "error": result.error or result.details.get("error")})  # an http probe's failure is a reading
     if as_json:
         print(json.dumps(rows))
     else:

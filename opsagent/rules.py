@@ -68,9 +68,9 @@ def expression(alarm: EffectiveAlarm, settings: Settings, real_kinds: tuple[str,
         return f'min without (instance) (opsagent_check_up{{check=~"{"|".join(real_kinds)}"}}) == 0'
     if spec.name in _BACKUP_EXPRESSIONS:
         return _BACKUP_EXPRESSIONS[spec.name].format(t=t, rto=_number(settings.backup.rto))
-    if spec.field is None:
+    if spec.field is None and not spec.per_target:  # a per-target threshold is mirrored below
         return f'max without (instance) (opsagent_check_value{{check="{spec.check}"}}) {op} {t}'
-    if spec.field in _FIELD_METRICS:
+    if spec.field in _FIELD_METRICS and not spec.per_target:
         return f'max without (instance) ({_FIELD_METRICS[spec.field]}{{check="{spec.check}"}}) {op} {t}'
     if spec.field in _FIELD_COMPLEMENTS:
         return f'1 - min without (instance) ({_FIELD_COMPLEMENTS[spec.field]}{{check="{spec.check}"}}) {op} {t}'

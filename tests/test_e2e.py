@@ -78,6 +78,8 @@ def test_profile_end_to_end_breach_page_and_resolution(tmp_path: Path, stack: di
         "OPSAGENT_CHECKS__PGBOUNCER": json.dumps([{"name": "pool", "dsn": bouncer.admin_dsn(), "interval": "1s"}]),
         "OPSAGENT_CHECKS__REDIS": json.dumps([{"name": "sessions", "url": cache.url(), "interval": "1s"}]),
         "OPSAGENT_CHECKS__ERROR_RATE": "[]",
+        "OPSAGENT_CHECKS__RABBITMQ": "[]",  # the profile's broker and public probe are cluster/Internet names
+        "OPSAGENT_CHECKS__HTTP": "[]",
         "OPSAGENT_ALERTS__REDISMEMORYHIGH__FOR": "2s",
         "OPSAGENT_NOTIFY__ALERTMANAGER_URL": alertmanager.url,
         "OPSAGENT_NOTIFY__REPEAT_INTERVAL": "10s",

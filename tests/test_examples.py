@@ -141,3 +141,52 @@ def test_secrets_injected_by_ecs_never_show_in_config_show() -> None:
     for secret in ("s3cr3t-pw", "rk-0123456789abcdef", "drill-pw-123", "examplePublicKey"):
         assert secret not in shown
     assert s.checks.postgres[0].dsn.get_secret_value().endswith("@db:5432/ingantapay")
+
+
+# -- the seed stacks of release 2 (issue 18) --------------------------------------------------------
+
+
+def test_paypass_matches_its_seed_neon_rabbitmq_redis_and_several_services() -> None:
+    """PayPass watches Neon per run with idle_ok, RabbitMQ queues, Redis and several services' error rates, and pg_dumps to S3."""
+    s = load("paypass")
+    [neon] = s.checks.postgres
+    assert neon.connect == "per_run" and neon.idle_ok and neon.interval >= 300
+    assert "neon.tech" in neon.dsn.get_secret_value() and "-pooler" not in neon.dsn.get_secret_value()
+    assert not s.checks.pgbouncer  # Neon's pooler has no admin console
+    [broker] = s.checks.rabbitmq
+    assert broker.queues and broker.management_url
+    assert s.checks.redis and len(s.checks.error_rate) >= 3
+    assert s.backup.postgres == ["main"] and (s.backup.repository or "").startswith("s3://")
+
+
+def test_monay_has_five_services_and_a_read_replica() -> None:
+    """Monay's five ECS services each have an error-rate target, and its RDS read replica is a postgres target."""
+    s = load("monay")
+    assert len(s.checks.error_rate) == 5
+    assert any("replica" in t.name and "-ro." in t.dsn.get_secret_value() for t in s.checks.postgres)
+    assert "wallet-replica" not in s.backup.postgres
+
+
+@pytest.mark.parametrize("name", ["sales-scorecard", "ingantapay"])
+def test_ses_bounce_and_complaint_rates_are_watched_below_the_review_levels(name: str) -> None:
+    """Sales Scorecard and IngantaPay page on SES bounce and complaint rates before AWS's review levels (5 %, 0.1 %)."""
+    metrics = {t.metric: t for t in load(name).checks.cloudwatch if t.namespace == "AWS/SES"}
+    assert metrics["Reputation.BounceRate"].threshold < 0.05
+    assert metrics["Reputation.ComplaintRate"].threshold < 0.001
+
+
+def test_ingantapay_watches_webhook_freshness_and_stuck_payments_in_sql() -> None:
+    """IngantaPay's on-call gets minutes since the last provider webhook and payments stuck PENDING over 15 minutes."""
+    sql = {t.name: t for t in load("ingantapay").checks.sql}
+    assert "provider_webhooks" in sql["webhook-freshness"].query and sql["webhook-freshness"].unit == "minutes"
+    assert "PENDING" in sql["stuck-payments"].query and "15 minutes" in sql["stuck-payments"].query
+
+
+def test_powerpay_watches_lambda_api_gateway_sns_sms_spend_and_rds_through_cloudwatch() -> None:
+    """PowerPay's recipes cover Lambda Errors/Throttles, API Gateway 5XXError, SNS SMS spend, RDS storage and CPU credits."""
+    metrics = {(t.namespace, t.metric) for t in load("powerpay").checks.cloudwatch}
+    assert {("AWS/Lambda", "Errors"), ("AWS/Lambda", "Throttles"), ("AWS/ApiGateway", "5XXError"),
+            ("AWS/SNS", "SMSMonthToDateSpentUSD"), ("AWS/RDS", "FreeStorageSpace"),
+            ("AWS/RDS", "CPUCreditBalance")} <= metrics
+    below = {t.metric for t in load("powerpay").checks.cloudwatch if t.comparison == "below"}
+    assert below == {"FreeStorageSpace", "CPUCreditBalance"}

@@ -7,6 +7,7 @@ row here and one ``runbooks/<Name>.md``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -23,9 +24,19 @@ class ValueKind(str, Enum):
 class Comparison(str, Enum):
     GT = ">"
     GE = ">="
+    LT = "<"  # below: TLS days left, a CloudWatch or SQL number that must stay up
+    LE = "<="
 
     def breached(self, value: float, threshold: float) -> bool:
-        return value > threshold if self is Comparison.GT else value >= threshold
+        return _BREACHED[self](value, threshold)
+
+
+_BREACHED: dict[Comparison, Callable[[float, float], bool]] = {
+    Comparison.GT: lambda v, t: v > t,
+    Comparison.GE: lambda v, t: v >= t,
+    Comparison.LT: lambda v, t: v < t,
+    Comparison.LE: lambda v, t: v <= t,
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,9 @@ class AlarmSpec:
     summary: str  # short human title; ``{target}`` is filled in
     field: str | None = None  # compare ``reading.details[field]`` instead of ``reading.value``
     also_checks: tuple[str, ...] = ()  # further kinds whose readings carry ``field`` (bullmq's Redis)
+    # The threshold (and comparison) may come from the target itself (sql, cloudwatch, tls_warn):
+    # see :mod:`opsagent.alerts.target_rules`.
+    per_target: bool = False
 
     @property
     def runbook(self) -> str:
@@ -99,6 +113,20 @@ ALARMS: dict[str, AlarmSpec] = {
         AlarmSpec("RedisEvictionPolicyUnsafe", "redis", 0.0, Comparison.GT, 0, "critical", ValueKind.FLAG,
                   "Redis {target} backs a queue but may evict keys (maxmemory_policy is not noeviction)",
                   field="eviction_policy_unsafe", also_checks=("bullmq",)),
+        # The seed stacks (issue 18, SPEC §9.5).
+        AlarmSpec("RabbitMQBacklogHigh", "rabbitmq", 1000.0, Comparison.GT, 300, "warning", ValueKind.COUNT,
+                  "RabbitMQ queues of {target} have a growing backlog of ready messages"),
+        AlarmSpec("RabbitMQNoConsumers", "rabbitmq", 0.0, Comparison.GT, 300, "critical", ValueKind.COUNT,
+                  "RabbitMQ queues of {target} hold ready messages and have no consumer",
+                  field="queues_without_consumers"),
+        AlarmSpec("SQLCheckBreached", "sql", 0.0, Comparison.GT, 0, "warning", ValueKind.COUNT,
+                  "SQL check {target} is outside its threshold", per_target=True),
+        AlarmSpec("HTTPProbeFailed", "http", 0.0, Comparison.GT, 60, "critical", ValueKind.FLAG,
+                  "HTTP probe {target} fails", field="probe_failed"),
+        AlarmSpec("TLSCertificateExpiring", "http", 14 * 86400.0, Comparison.LT, 0, "warning", ValueKind.DURATION,
+                  "TLS certificate of {target} expires soon", field="tls_expiry_seconds", per_target=True),
+        AlarmSpec("CloudWatchMetricBreached", "cloudwatch", 0.0, Comparison.GT, 0, "warning", ValueKind.COUNT,
+                  "CloudWatch metric {target} is outside its threshold", per_target=True),
     )
 }
 

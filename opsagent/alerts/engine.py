@@ -95,6 +95,7 @@ class AlertState:
     window: str | None = None  # extra ``window`` label (ErrorBudgetBurn: one alert per window pair)
     history: str = ""  # last judged results, "1" breaching / "0" not (flap detection)
     flapping: bool = False
+    comparison: str | None = None  # the rule's operator when the target set its own (sql: below)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -141,7 +142,8 @@ def evaluate(prev: AlertState | None, rule: Rule, check: str, target: str, obs: 
         return s, None  # a stale, out-of-order result never moves the state backwards
     # Severity is a label, part of the fingerprint: frozen while an alert is active so its resolution matches.
     severity = rule.severity if s.phase is Phase.INACTIVE else s.severity
-    s = replace(s, severity=severity, threshold=rule.threshold, last_at=obs.at)
+    s = replace(s, severity=severity, threshold=rule.threshold, last_at=obs.at,
+                comparison=rule.comparison.value if rule.comparison is not rule.spec.comparison else None)
 
     if not rule.enabled:
         if s.phase is Phase.FIRING:
@@ -214,6 +216,8 @@ class EngineConfig:
     rules: Mapping[str, Rule]
     intervals: Mapping[tuple[str, str], float] = field(default_factory=dict)
     down_kinds: Collection[str] = ()  # check kinds whose down results raise TargetDown
+    # (alertname, check, target) -> the rule with that target's own threshold/comparison (sql, cloudwatch, http)
+    target_rules: Mapping[tuple[str, str, str], Rule] = field(default_factory=dict)
 
     def value_rules(self, check: str) -> list[Rule]:
         return [r for r in self.rules.values() if r.spec.check == check or check in r.spec.also_checks]
@@ -241,7 +245,7 @@ def evaluate_result(states: Mapping[tuple[str, str, str], AlertState], config: E
     interval = config.interval(check, target)
     pairs: list[tuple[Rule, Observation]] = [
         (rule, observe(rule, up=up, value=value, details=details, at=at, error=error))
-        for rule in config.value_rules(check)
+        for rule in (config.target_rules.get((r.name, check, target), r) for r in config.value_rules(check))
     ]
     down_rule = config.rules.get("TargetDown")
     if down_rule is not None and check in config.down_kinds:

@@ -38,6 +38,7 @@ from opsagent.alerts.engine import (
 from opsagent.alerts.history import AlertEvent, AlertHistory
 from opsagent.alerts.quality import AlertQuality
 from opsagent.alerts.render import Identity, alert_payload, fingerprint, labels_for
+from opsagent.alerts.target_rules import target_rules
 from opsagent.config import Settings
 from opsagent.notify.base import Sink
 from opsagent.notify.outbox import Outbox
@@ -66,7 +67,8 @@ def engine_config(settings: Settings) -> EngineConfig:
                            enabled=eff.enabled, comparison=eff.spec.comparison, field=eff.spec.field,
                            clear_for=eff.clear_for, recovery_threshold=eff.recovery_threshold)
     intervals = {(kind, t.name): t.interval for kind, t in settings.checks.targets()}
-    return EngineConfig(rules=rules, intervals=intervals, down_kinds=tuple(KINDS))
+    return EngineConfig(rules=rules, intervals=intervals, down_kinds=tuple(KINDS),
+                        target_rules=target_rules(settings, rules))
 
 
 def identity(settings: Settings) -> Identity:

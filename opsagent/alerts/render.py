@@ -95,7 +95,7 @@ def describe(state: AlertState, agent: str, context: Mapping[str, Any] | None = 
     else:
         value_text = format_value(state.alertname, state.value)
         threshold_text = format_value(state.alertname, state.threshold)
-        measure = f"value {value_text} {spec.comparison.value} threshold {threshold_text}"
+        measure = f"value {value_text} {state.comparison or spec.comparison.value} threshold {threshold_text}"
         if state.unknown:
             measure += " (last known; the target is currently down)"
         elif state.error:

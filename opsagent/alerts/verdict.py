@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from opsagent.alerts.catalog import alarms_for_check
+from opsagent.alerts.target_rules import threshold_for
 from opsagent.config import EffectiveAlarm, Settings
 from opsagent.runtime.results import CheckResult
 
@@ -51,6 +52,10 @@ def verdict(settings: Settings, result: CheckResult) -> Verdict:
         return Verdict(name, threshold, None, "disabled")
     for alarm in enabled:
         value = _compared(result, alarm)
-        if value is not None and alarm.spec.comparison.breached(value, alarm.threshold):
-            return Verdict(alarm.name, alarm.threshold, True, "breached")
+        limit, comparison = threshold_for(settings, alarm.name, result.check, result.target) or (
+            alarm.threshold, alarm.spec.comparison)
+        if alarm.name == name:
+            threshold = limit
+        if value is not None and comparison.breached(value, limit):
+            return Verdict(alarm.name, limit, True, "breached")
     return Verdict(name, threshold, False, "ok")

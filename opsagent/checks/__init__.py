@@ -22,6 +22,10 @@ _MODULES = {
     "sqs": ("opsagent.checks.sqs", "SqsCheck"),
     "bullmq": ("opsagent.checks.bullmq", "BullMQCheck"),
     "s3_replication": ("opsagent.checks.s3_replication", "S3ReplicationCheck"),
+    "rabbitmq": ("opsagent.checks.rabbitmq", "RabbitMQCheck"),
+    "sql": ("opsagent.checks.sql", "SqlCheck"),
+    "http": ("opsagent.checks.http", "HttpCheck"),
+    "cloudwatch": ("opsagent.checks.cloudwatch", "CloudWatchCheck"),
 }
 
 KINDS = tuple(_MODULES)

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
@@ -37,6 +37,10 @@ BASIS_RESET = "cumulative counters (counter reset; baseline restarted)"
 BASIS_CLOUDWATCH = "CloudWatch sums over window"
 MAX_BODY_BYTES = 32 * 1024 * 1024
 HISTORY_LIMIT = 10_000
+# Series of the request counter read per scrape. High-cardinality route labels (a raw URL path with ids in it)
+# are a common app mistake; 400 k series held per sample took a sidecar past its task's memory.
+MAX_SERIES = 20_000
+ROUTE_SNAPSHOTS_PER_WINDOW = 4  # per-route counts are kept this many times per window, not for every sample
 
 
 def is_error_status(value: str) -> bool:
@@ -73,18 +77,27 @@ class ErrorWindow:
 
     def __init__(self, window: float, limit: int = HISTORY_LIMIT) -> None:
         self.window = window
-        self._samples: deque[Sample] = deque(maxlen=limit)
+        self._samples: deque[Sample] = deque(maxlen=limit)  # totals only: routes are stripped
+        self._route_snapshots: deque[Sample] = deque()  # a few samples with their per-route counts
+        self._latest: Sample | None = None
         self._reset_pending = False
 
     def add(self, sample: Sample) -> WindowRatio:
         last = self._samples[-1] if self._samples else None
         if last is not None and (sample.total < last.total or sample.errors < last.errors):
             self._samples.clear()
+            self._route_snapshots.clear()
             self._reset_pending = True
-        self._samples.append(sample)
+        self._latest = sample
+        self._samples.append(replace(sample, routes={}) if sample.routes else sample)
+        snap = self._route_snapshots[-1] if self._route_snapshots else None
+        if sample.routes and (snap is None or sample.at - snap.at >= self.window / ROUTE_SNAPSHOTS_PER_WINDOW):
+            self._route_snapshots.append(sample)
         horizon = sample.at - self.window
         while len(self._samples) >= 2 and self._samples[1].at <= horizon:
             self._samples.popleft()
+        while len(self._route_snapshots) >= 2 and self._route_snapshots[1].at <= horizon:
+            self._route_snapshots.popleft()
         if len(self._samples) == 1:
             basis = BASIS_RESET if self._reset_pending else BASIS_FIRST
             return _ratio(sample.total, sample.errors, 0.0, basis)
@@ -95,8 +108,14 @@ class ErrorWindow:
     def baseline(self) -> Sample | None:
         return self._samples[0] if len(self._samples) >= 2 else None
 
+    def baseline_routes(self) -> Mapping[str, tuple[float, float]]:
+        """Per-route counts of the snapshot nearest the window's start (a window of snapshots, not of samples)."""
+        latest = self._latest
+        older = [s for s in self._route_snapshots if latest is None or s.at < latest.at]
+        return older[0].routes if older else {}
+
     def latest(self) -> Sample | None:
-        return self._samples[-1] if self._samples else None
+        return self._latest
 
 
 def _ratio(requests: float, errors: float, span: float, basis: str) -> WindowRatio:
@@ -114,8 +133,14 @@ def parse_counters(text: str, metric: str, status_label: str, route_label: str |
     base = metric.removesuffix("_total")
     lines = []
     declared = False
+    series = 0
     for line in text.splitlines():
         if line.startswith(metric) and line[len(metric):len(metric) + 1] in ("{", " "):
+            series += 1
+            if series > MAX_SERIES:
+                raise CheckError(f"{metric!r} has more than {MAX_SERIES} series; a label with unbounded values "
+                                 "(a raw URL path, an id) makes the exposition too large to read; fix the app's labels "
+                                 "or set route_label to a bounded one")
             lines.append(line)
         elif line.startswith("# ") and line.split(" ", 3)[2:3] in ([base], [metric]):
             lines.append(line)
@@ -265,8 +290,7 @@ class ErrorRateCheck:
         latest = self._window.latest()
         if latest is None or not latest.routes:
             return {}
-        base = self._window.baseline()
-        before = base.routes if base is not None else {}
+        before = self._window.baseline_routes()
         rows = []
         for route, (total, errors) in latest.routes.items():
             b_total, b_errors = before.get(route, (0.0, 0.0))

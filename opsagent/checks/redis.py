@@ -11,8 +11,10 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
 
 import redis
+from redis._parsers import _RESP2Parser, _RESP3Parser
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -24,6 +26,10 @@ _NO_SETINFO: dict[str, Any] = (
     {"driver_info": None} if "driver_info" in inspect.signature(redis.Redis.__init__).parameters
     else {"lib_name": None, "lib_version": None}
 )
+
+# The largest bulk reply read from a target. A real INFO is a few KiB; a hostile endpoint answering 300 MB
+# would otherwise be read whole into memory (the agent shares a 384 MiB task).
+REPLY_CAP = 4 << 20
 
 BASIS_MAXMEMORY = "maxmemory"
 BASIS_SYSTEM = "system memory (maxmemory is 0)"
@@ -55,6 +61,31 @@ CONTEXT_FIELDS = (
 )
 
 
+def capped_parser(base: type[Any]) -> type[Any]:
+    """``base`` (a redis-py RESP parser) refusing any bulk reply longer than REPLY_CAP before reading it."""
+
+    class CappedParser(base):  # type: ignore[misc]  # redis-py's parsers are untyped
+        def on_connect(self, connection: Any) -> None:
+            super().on_connect(connection)
+            buffer = self._buffer
+            read = buffer.read
+
+            def read_capped(length: int, *args: Any, **kwargs: Any) -> bytes:
+                if length > REPLY_CAP:
+                    raise CheckError(f"the server answered a {length}-byte reply; more than the {REPLY_CAP}-byte cap "
+                                     "(is this a Redis server?)")
+                return read(length, *args, **kwargs)  # type: ignore[no-any-return]
+
+            buffer.read = read_capped
+
+    return CappedParser
+
+
+def not_redis(exc: BaseException) -> CheckError:
+    """redis-py tripping over a reply of the wrong shape (HELLO answered with a string): the target's fault."""
+    return CheckError(f"the server's answer is not the Redis protocol ({type(exc).__name__}: {exc}); is this a Redis server?")
+
+
 def memory_ratio(info: Mapping[str, Any]) -> tuple[float, str, int]:
     """(used / basis, basis name, basis bytes); CheckError if the answer lacks the core fields."""
     try:
@@ -82,8 +113,19 @@ class RedisCheck:
         # business, and retries would multiply the socket timeouts past the deadline.
         # No CLIENT SETNAME/SETINFO on connect: a least-privilege ACL user (+info
         # only) must be able to run this check.
-        self._client = redis.Redis.from_url(
-            target.url.get_secret_value(),
+        url = target.url.get_secret_value()
+        resp2 = parse_qs(urlsplit(url).query).get("protocol") == ["2"]  # redis-py 8 speaks RESP3 (HELLO 3) by default
+        try:
+            self._client = self._connect(url, resp2, deadline)
+        except (AttributeError, TypeError) as exc:  # the single connection says HELLO at once
+            raise not_redis(exc) from None
+        self._last_evicted: int | None = None
+
+    @staticmethod
+    def _connect(url: str, resp2: bool, deadline: float) -> redis.Redis:
+        return redis.Redis.from_url(
+            url,
+            parser_class=capped_parser(_RESP2Parser if resp2 else _RESP3Parser),
             socket_timeout=max(0.5, deadline * 0.8),
             socket_connect_timeout=max(0.5, min(5.0, deadline * 0.8)),
             retry=Retry(NoBackoff(), 0),
@@ -91,10 +133,12 @@ class RedisCheck:
             single_connection_client=True,
             health_check_interval=0,
         )
-        self._last_evicted: int | None = None
 
     def measure(self) -> Reading:
-        info: dict[str, Any] = self._client.info()
+        try:
+            info: dict[str, Any] = self._client.info()
+        except (AttributeError, TypeError) as exc:
+            raise not_redis(exc) from None
         ratio, basis, basis_bytes = memory_ratio(info)
         used = int(info["used_memory"])
         hits = int(info.get("keyspace_hits", 0))

@@ -20,16 +20,20 @@ from opsagent.config.models import (
     BullMQTarget,
     ChecksSection,
     CloudWatchSource,
+    CloudWatchTarget,
     EffectiveAlarm,
     ErrorRateTarget,
     HostTarget,
+    HttpTarget,
     NotifySection,
     PgBouncerTarget,
     PostgresTarget,
+    RabbitMQTarget,
     RedisTarget,
     RetentionPolicy,
     S3ReplicationTarget,
     Settings,
+    SqlTarget,
     SqsTarget,
     TargetBase,
 )
@@ -37,8 +41,8 @@ from opsagent.config.problems import ConfigError
 
 __all__ = [
     "CONFIG_ENV", "DEFAULT_CONFIG_FILE", "ENV_PREFIX", "LIST_KINDS", "AgentSection", "AlertOverride", "AlertsSection",
-    "BackupSection", "BullMQTarget", "ChecksSection", "CloudWatchSource", "ConfigError", "Duration", "EffectiveAlarm",
-    "ErrorRateTarget", "HostTarget", "NotifySection", "PgBouncerTarget", "PostgresTarget", "Ratio", "RedisTarget",
-    "RetentionPolicy", "S3ReplicationTarget", "Settings", "SqsTarget", "TargetBase", "TargetName", "load_config",
+    "BackupSection", "BullMQTarget", "ChecksSection", "CloudWatchSource", "CloudWatchTarget", "ConfigError", "Duration", "EffectiveAlarm",
+    "ErrorRateTarget", "HostTarget", "HttpTarget", "NotifySection", "PgBouncerTarget", "PostgresTarget", "RabbitMQTarget", "Ratio", "RedisTarget",
+    "RetentionPolicy", "S3ReplicationTarget", "Settings", "SqlTarget", "SqsTarget", "TargetBase", "TargetName", "load_config",
     "read_yaml", "resolve_config_path",
 ]

@@ -32,6 +32,7 @@ from pydantic_settings import (
 
 from opsagent import secrets
 from opsagent.alerts.catalog import ALARMS, AlarmSpec, ValueKind
+from opsagent.alerts.catalog import Comparison as CatalogComparison
 from opsagent.config.fields import Duration, Ratio, TargetName  # noqa: F401 - Ratio kept for target models
 from opsagent.config.quality import MaintenanceWindow, SloPolicy
 from opsagent.config.show import effective_config
@@ -155,6 +156,9 @@ class HostTarget(TargetBase):
 
 class PostgresTarget(TargetBase):
     dsn: PostgresDsn
+    # per_run: connect, measure, disconnect, so a scale-to-zero compute (Neon) may suspend between runs.
+    connect: Literal["persistent", "per_run"] = "persistent"
+    idle_ok: bool = False  # a cold start (compute waking up) gets the whole deadline and one retry, not a page
 
 
 class PgBouncerTarget(TargetBase):
@@ -224,8 +228,72 @@ class S3ReplicationTarget(TargetBase):
     timeout: Duration | None = 60.0  # listing two buckets takes longer than the 10s default deadline
 
 
+AmqpUrl = Annotated[SecretStr, _url_validator(("amqp", "amqps"), secret=True)]
+Comparison = Literal["above", "below"]
+_OPERATOR = {"above": CatalogComparison.GT, "below": CatalogComparison.LT}
+
+
+class RabbitMQTarget(TargetBase):
+    """RabbitMQ queues: ready messages and consumers by passive declare; node alarms from the management API."""
+
+    url: AmqpUrl
+    queues: Annotated[list[Annotated[str, Field(min_length=1, max_length=255)]], Field(min_length=1)]
+    management_url: SecretHttpUrl | None = None
+
+
+class SqlTarget(TargetBase):
+    """A business check: one number from one read-only query, compared with the target's own threshold."""
+
+    dsn: PostgresDsn
+    query: Annotated[str, Field(min_length=1)]
+    threshold: float
+    comparison: Comparison = "above"
+    unit: str | None = None
+
+    def alarm_thresholds(self) -> dict[str, tuple[float, CatalogComparison]]:
+        return {"SQLCheckBreached": (self.threshold, _OPERATOR[self.comparison])}
+
+
+class HttpTarget(TargetBase):
+    """A synthetic probe: status, optional body text, latency, and the TLS certificate's expiry."""
+
+    url: HttpUrl
+    expect_status: Annotated[int, Field(ge=100, le=599)] = 200
+    tls_warn: Duration = 14 * 86400.0
+    body_contains: Annotated[str, Field(min_length=1)] | None = None
+    ca_file: str | None = None  # an extra CA bundle (PEM); the system CAs still apply
+
+    def alarm_thresholds(self) -> dict[str, tuple[float, CatalogComparison]]:
+        # Only a tls_warn written on the target beats alerts.TLSCertificateExpiring.threshold.
+        return {"TLSCertificateExpiring": (self.tls_warn, CatalogComparison.LT)} if "tls_warn" in self.model_fields_set else {}
+
+
+class CloudWatchTarget(TargetBase):
+    """Any CloudWatch metric: one statistic over the newest complete period against the target's threshold."""
+
+    namespace: Annotated[str, Field(min_length=1, max_length=255)]
+    metric: Annotated[str, Field(min_length=1, max_length=255)]
+    dimensions: dict[str, str] = {}
+    statistic: Annotated[str, Field(pattern=r"^(Average|Sum|Minimum|Maximum|SampleCount|p\d{1,2}(\.\d+)?)$")] = "Average"
+    period: Duration = 300.0
+    threshold: float
+    comparison: Comparison = "above"
+    region: str | None = None
+    interval: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _period(self) -> CloudWatchTarget:
+        if self.period < 60 or self.period % 60:
+            raise ValueError(f"period must be a multiple of 1m; expected {DURATION_FORM}")
+        return self
+
+    def alarm_thresholds(self) -> dict[str, tuple[float, CatalogComparison]]:
+        return {"CloudWatchMetricBreached": (self.threshold, _OPERATOR[self.comparison])}
+
+
 # Kinds configured as a list of named targets (cpu/memory are single host targets).
-LIST_KINDS = ("postgres", "pgbouncer", "redis", "error_rate", "sqs", "bullmq", "s3_replication")
+LIST_KINDS = ("postgres", "pgbouncer", "redis", "error_rate", "sqs", "bullmq", "s3_replication",
+              "rabbitmq", "sql", "http", "cloudwatch")
 
 
 class ChecksSection(Model):
@@ -238,6 +306,10 @@ class ChecksSection(Model):
     sqs: list[SqsTarget] = []
     bullmq: list[BullMQTarget] = []
     s3_replication: list[S3ReplicationTarget] = []
+    rabbitmq: list[RabbitMQTarget] = []
+    sql: list[SqlTarget] = []
+    http: list[HttpTarget] = []
+    cloudwatch: list[CloudWatchTarget] = []
 
     @model_validator(mode="after")
     def _unique_names(self) -> ChecksSection:

@@ -17,14 +17,18 @@ from typing import Any
 import structlog
 
 from opsagent import secrets
-from opsagent.checks.base import Check, Reading
+from opsagent.checks.base import Check, CheckError, Reading
 from opsagent.runtime.results import CheckResult
 
 log = structlog.get_logger("opsagent.runner")
 
 # Exceptions from these modules are a target's fault (down, refused, bad answer),
 # anything else is a bug in the agent and also goes to Sentry.
-_TARGET_ERROR_MODULES = ("psycopg", "redis", "botocore", "boto3", "urllib3", "requests", "http", "socket", "ssl", "checks")
+_TARGET_ERROR_MODULES = ("psycopg", "redis", "botocore", "boto3", "urllib3", "requests", "http", "socket", "ssl", "checks",
+                         "pika")
+# Raised inside a driver's reply parser these mean garbage on the wire (a Redis answering HELLO with a bulk
+# string makes redis-py raise AttributeError): the target's fault, not the agent's.
+_PARSER_ERRORS = (ValueError, UnicodeDecodeError, AttributeError, TypeError, IndexError, KeyError)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -37,7 +41,7 @@ def describe_error(exc: BaseException) -> str:
 
 
 def is_target_error(exc: BaseException) -> bool:
-    if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
+    if isinstance(exc, (OSError, TimeoutError, ConnectionError, CheckError)):
         return True
     module = type(exc).__module__ or ""
     if module.split(".")[0] in _TARGET_ERROR_MODULES:
@@ -47,7 +51,7 @@ def is_target_error(exc: BaseException) -> bool:
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
     where = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
-    return isinstance(exc, (ValueError, UnicodeDecodeError)) and where.split(".")[0] in _TARGET_ERROR_MODULES
+    return isinstance(exc, _PARSER_ERRORS) and where.split(".")[0] in _TARGET_ERROR_MODULES
 
 
 class _Run:
