@@ -99,6 +99,12 @@ class AgentSection(Model):
     runbook_base_url: str = "https://github.com/opsagent/opsagent/blob/main/opsagent/runbooks/"
     external_url: str | None = None  # how others reach this agent (generatorURL); default http://listen
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # The fleet (runtime/fleet.py): one leader checks the shared targets. The lock is a PostgreSQL advisory
+    # lock on fleet_lock_dsn (default backup.lock_dsn), or a DynamoDB lease in fleet_lock_table.
+    id: Annotated[str, Field(min_length=1, max_length=100)] | None = None  # per process; default name@host:pid
+    fleet_lock_dsn: PostgresDsn | None = None
+    fleet_lock_table: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{3,255}$")] | None = None
+    fleet_lease: Duration = 15.0  # a hung or cut-off leader is fenced after this long
 
     @field_validator("listen")
     @classmethod
@@ -107,6 +113,14 @@ class AgentSection(Model):
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"{value!r} is not an address; expected HOST:PORT such as 127.0.0.1:9108")
         return value
+
+    @model_validator(mode="after")
+    def _fleet(self) -> AgentSection:
+        if not 2 <= self.fleet_lease <= 600:
+            raise ValueError(f"fleet_lease must be between 2s and 10m; expected {DURATION_FORM}")
+        if self.fleet_lock_dsn is not None and self.fleet_lock_table is not None:
+            raise ValueError("set one of fleet_lock_dsn (PostgreSQL advisory lock) or fleet_lock_table (DynamoDB lease)")
+        return self
 
     @property
     def listen_host(self) -> str:
@@ -124,6 +138,7 @@ class TargetBase(Model):
     interval: Duration = 15.0
     timeout: Duration | None = None  # hard deadline of one run; default min(interval, 10s)
     enabled: bool = True
+    scope: Literal["shared", "task"] | None = None  # default: runtime.fleet.default_scope(kind, target)
 
     @model_validator(mode="after")
     def _timing(self) -> TargetBase:

@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from opsagent.checks import check_class
 from opsagent.config import Settings, TargetBase
+from opsagent.runtime.fleet import Fleet, agent_id, default_scope, lease_for
 from opsagent.runtime.results import CheckResult, ResultStore
 from opsagent.runtime.runner import TargetRunner, describe_error
 from opsagent.telemetry import sentry
@@ -101,6 +102,17 @@ class Agent:
         self.pipeline = AlertPipeline(settings, Path(settings.agent.state_dir), context=self._context, clock=clock)
         self.store.subscribe(self.pipeline.on_result)
 
+        # The fleet (runtime/fleet.py): shared targets run only while this agent leads; without a fleet
+        # lock configured the agent is alone and leads itself.
+        self.agent_id = agent_id(settings)
+        lease = lease_for(settings, self.agent_id)
+        self.shared = frozenset(key for key, t in self._targets.items()
+                                if lease is not None and default_scope(key[0], t) == "shared")
+        self.fleet = Fleet(self.agent_id, lease, settings.agent.fleet_lease, on_change=self._on_leadership)
+        self.registry.register(self.fleet)
+        if self.shared:
+            self.store.subscribe(self._publish_fleet_state)
+
         self.backup: Any = None
         b = settings.backup
         if b.enabled and (b.repository or b.rds_instances or b.elasticache_clusters):
@@ -141,7 +153,7 @@ class Agent:
                 args=[key],
                 id=f"check:{key[0]}:{key[1]}",
                 name=f"{key[0]}:{key[1]}",
-                next_run_time=first,
+                next_run_time=None if key in self.shared else first,  # shared: paused until this agent leads
             )
         self.scheduler.add_job(self._beat, IntervalTrigger(seconds=HEARTBEAT_SECONDS), id="heartbeat",
                                next_run_time=now)
@@ -150,7 +162,9 @@ class Agent:
             for job_id, trigger, func in self.backup.jobs():
                 self.scheduler.add_job(func, trigger, id=job_id, name=job_id, misfire_grace_time=300)
 
-    def run_target(self, key: tuple[str, str]) -> CheckResult:
+    def run_target(self, key: tuple[str, str]) -> CheckResult | None:
+        if key in self.shared and not self.fleet.is_leader():
+            return None  # a standby never measures a shared target (its job is paused; this closes the race)
         result = self.runners[key].run()
         self._durations.labels(key[0]).observe(result.duration)
         try:
@@ -207,7 +221,12 @@ class Agent:
         # the previous one still hangs (added to APScheduler's max-instances skips).
         skipped = out.setdefault("opsagent_scheduler_skipped_runs_total", {})
         timeouts = out.setdefault("opsagent_check_timeouts_total", {})
+        for standby in self.standby_keys():  # a standby exports nothing for the leader's targets
+            for per_key in out.values():
+                per_key.pop(standby, None)
         for key, runner in self.runners.items():
+            if key in self.shared and not self.fleet.is_leader():
+                continue
             if runner.skipped_total:
                 skipped[key] = skipped.get(key, 0) + runner.skipped_total
             if runner.abandoned_total:
@@ -217,6 +236,54 @@ class Agent:
     def _context(self, check: str, target: str) -> dict[str, Any]:
         runner = self.runners.get((check, target))
         return dict(runner.context()) if runner is not None else {}
+
+    # -- the fleet -----------------------------------------------------------------------------
+
+    def _on_leadership(self, leader: bool) -> None:
+        """Run the shared targets while leading; otherwise stand by: no job, no connection, no series."""
+        if not self.shared:
+            return
+        if leader:
+            adopted = self.pipeline.adopt_states(self.shared, self.fleet.adopted_states())
+            log.info("fleet_targets_taken_over", targets=len(self.shared), alert_states=adopted)
+            now = datetime.now(timezone.utc)
+            for i, key in enumerate(sorted(self.shared)):
+                self._modify_job(key, next_run_time=now + timedelta(seconds=min(1.0, len(self.shared) / 100)
+                                                                    * i / len(self.shared)))
+            return
+        for key in self.shared:
+            self._modify_job(key, next_run_time=None)
+            self.store.forget(*key)
+            self._pending_first.discard(key)
+            threading.Thread(target=self.runners[key].close, name="fleet-standby-close", daemon=True).start()
+        self.pipeline.release_states(self.shared)
+        if not self._pending_first and not self.ready.is_set():
+            self.ready.set()
+            log.info("first_round_complete", targets=len(self.runners) - len(self.shared))
+
+    def _modify_job(self, key: tuple[str, str], next_run_time: datetime | None) -> None:
+        job_id = f"check:{key[0]}:{key[1]}"
+        try:
+            if next_run_time is None:
+                self.scheduler.pause_job(job_id)
+            else:
+                self.scheduler.modify_job(job_id, next_run_time=next_run_time)
+        except Exception as exc:  # noqa: BLE001 - a stopping scheduler has no jobs left to move
+            log.debug("fleet_job_not_moved", job=job_id, error=describe_error(exc))
+
+    def _publish_fleet_state(self, result: CheckResult) -> None:
+        if result.key in self.shared:
+            self.fleet.publish(self.pipeline.export_states(self.shared))
+
+    def standby_keys(self) -> frozenset[tuple[str, str]]:
+        """The shared targets another agent checks now (all of them while this one does not lead)."""
+        return frozenset() if not self.shared or self.fleet.is_leader() else self.shared
+
+    def standby(self, check: str, target: str) -> str | None:
+        """For a target on standby: the agent id that checks it ("" while no leader is known), else None."""
+        if (check, target) not in self.standby_keys():
+            return None
+        return self.fleet.leader_id() or ""
 
     # -- health --------------------------------------------------------------------------------
 
@@ -239,6 +306,7 @@ class Agent:
         self.pipeline.start()
         self._schedule()
         self.scheduler.start()
+        self.fleet.start()
         log.info("agent_started", agent=self.settings.agent.name, listen=self.http.address, targets=len(self.runners),
                  backups=self.backup is not None)
 
@@ -254,6 +322,9 @@ class Agent:
         """Stop everything within STOP_BUDGET_SECONDS, however stuck a target is."""
         self._stop.set()
         started = time.monotonic()
+        if self.fleet.is_leader() and self.shared:
+            self.fleet.publish(self.pipeline.export_states(self.shared))
+        self.fleet.stop()  # released at once: a survivor takes over without waiting out the lease
         for runner in self.runners.values():
             runner.wake()
         if self.scheduler.running:

@@ -25,7 +25,11 @@ def status_document(agent: Agent) -> dict[str, Any]:
     for (kind, name), runner in agent.runners.items():
         result = agent.store.get(kind, name)
         row: dict[str, Any] = {"check": kind, "target": name, "interval_seconds": agent._targets[(kind, name)].interval}
-        if result is None:
+        checked_by = agent.standby(kind, name)
+        if checked_by is not None:  # a fleet standby: the leader checks this shared target
+            row.update({"up": None, "value": None, "state": "standby", "checked_by": checked_by or None,
+                        "last_run": None, "error": None})
+        elif result is None:
             row.update({"up": None, "value": None, "state": "pending", "last_run": None, "error": None})
         else:
             v = verdict(settings, result)
@@ -52,6 +56,8 @@ def status_document(agent: Agent) -> dict[str, Any]:
             "uptime_seconds": round(agent.clock() - agent.started_at, 1),
             "ready": agent.ready.is_set(),
             "healthy": agent.health()[0],
+            "id": agent.agent_id,
+            "fleet_leader": agent.fleet.is_leader(),
         },
         "checks": checks,
         "alerts": agent.pipeline.alerts(),
@@ -120,6 +126,8 @@ def status_html(agent: Agent) -> bytes:
         css = "ok" if state in ("ok", "inactive") else "warn" if state in ("pending", "breached", "unknown") else "bad"
         if c.get("up") is False:
             css = "bad"
+        if state == "standby":
+            css, state = "ok", f"standby (checked by {c.get('checked_by') or 'no leader yet'})"
         out.append(
             f"<tr><td>{e(c['check'])}</td><td>{e(c['target'])}</td><td>{e(_fmt(c.get('value'), c['check']))}</td>"
             f"<td>{e(_fmt(c.get('threshold'), c['check']))}</td><td class='{css}'>{e(state)}"
