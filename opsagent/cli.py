@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("runbook", "list runbooks, or print one")
     p.add_argument("alert", nargs="?", metavar="ALERT")
+
+    p = command("discover", "inside ECS: propose a config from the task definition (changes nothing)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--resolve-secrets", action="store_true",
+                   help="read the task's Secrets Manager secrets to learn hosts (still printed as ***)")
     return parser
 
 
@@ -105,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "runbook":
         return cmd_runbook(args.alert)
+    if args.command == "discover":  # needs no configuration: it proposes one
+        from opsagent.discover import main as discover
+
+        return discover(args.json, args.resolve_secrets)
     try:
         settings = _load(args)
     except ConfigError as exc:
