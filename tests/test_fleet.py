@@ -1,0 +1,168 @@
+"""A fleet of sidecars (SPEC 9.6): one leader checks the shared targets, the others stand by and take over."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from opsagent.config import ConfigError, load_config
+from opsagent.runtime.fleet import DynamoLease, Fleet, default_scope
+from tests.faults.proxy import FaultProxy
+from tests.fixtures.agent import RunningAgent, make_settings, poll
+from tests.fixtures.aws import MotoServer
+from tests.fixtures.servers import PostgresServer
+
+LEASE = "3s"
+
+
+def fleet_db(pg: PostgresServer) -> tuple[str, str]:
+    """A database of its own on the session's private PostgreSQL, and a fleet name no other test uses."""
+    name = "fleet_" + uuid.uuid4().hex[:10]
+    pg.psql(f"CREATE DATABASE {name}")
+    return name, pg.dsn(name)
+
+
+def sessions(pg: PostgresServer, db: str) -> dict[str, int]:
+    """Sessions on ``db`` by kind: the agents' check connections and their fleet lock sessions."""
+    rows = pg.psql(f"SELECT application_name FROM pg_stat_activity WHERE datname = '{db}'").split()
+    return {"check": rows.count("opsagent"), "lock": sum(r.startswith("opsagent-fleet:") for r in rows)}
+
+
+def fleet_config(db: str, check_dsn: str, lock_dsn: str, agent: str) -> dict[str, Any]:
+    return {"agent": {"name": db, "id": agent, "fleet_lock_dsn": lock_dsn, "fleet_lease": LEASE},
+            "checks": {"postgres": [{"name": "main", "dsn": check_dsn, "interval": "1s"}]}}
+
+
+def metric(agent: RunningAgent, prefix: str) -> list[str]:
+    return [line for line in agent.get("/metrics").text.splitlines() if line.startswith(prefix)]
+
+
+def test_scope_defaults_follow_the_kind() -> None:
+    """Databases, caches and kinds added later are shared; cpu, memory and an app's own metrics_url are per task."""
+    class T:
+        scope = None
+        metrics_url: str | None = None
+
+    local, cloud, pinned = T(), T(), T()
+    local.metrics_url = "http://127.0.0.1:3000/metrics"
+    pinned.scope = "task"  # type: ignore[assignment]  # a plain stand-in for a target model
+    assert default_scope("cpu", local) == "task"  # type: ignore[arg-type]
+    assert default_scope("memory", cloud) == "task"  # type: ignore[arg-type]
+    assert default_scope("error_rate", local) == "task"  # type: ignore[arg-type]
+    assert default_scope("error_rate", cloud) == "shared"  # type: ignore[arg-type]
+    for kind in ("postgres", "pgbouncer", "redis", "sqs", "bullmq", "s3_replication", "rabbitmq", "http", "sql"):
+        assert default_scope(kind, cloud) == "shared"  # type: ignore[arg-type]
+    assert default_scope("postgres", pinned) == "task"  # type: ignore[arg-type]
+
+
+def test_fleet_settings_are_validated(tmp_path: Path) -> None:
+    """Both lock kinds at once, or a lease out of range, is a config error naming the key."""
+    path = tmp_path / "c.yaml"
+    path.write_text("agent:\n  fleet_lock_dsn: postgresql://a@db/x\n  fleet_lock_table: opsagent-fleet\n")
+    with pytest.raises(ConfigError) as both:
+        load_config(path, env={})
+    assert "fleet_lock_table" in str(both.value.problems)
+    path.write_text("agent:\n  fleet_lease: 1s\n")
+    with pytest.raises(ConfigError) as short:
+        load_config(path, env={})
+    assert "fleet_lease" in str(short.value.problems)
+    path.write_text("checks:\n  postgres:\n    - {name: main, dsn: 'postgresql://a@db/x', scope: everywhere}\n")
+    with pytest.raises(ConfigError) as scope:
+        load_config(path, env={})
+    assert "scope" in str(scope.value.problems)
+
+
+def test_standby_reports_the_leader_and_opens_no_connection(private_pg: PostgresServer,
+                                                            start_agent: Callable[..., RunningAgent]) -> None:
+    """Two agents: one check connection between them; the standby shows `standby` checked by the leader and exports no series for it."""
+    db, dsn = fleet_db(private_pg)
+    leader = start_agent(fleet_config(db, dsn, dsn, "agent-a"))
+    poll(lambda: (leader.check_row("postgres", "main") or {}).get("up") is True)
+    standby = start_agent(fleet_config(db, dsn, dsn, "agent-b"))
+    poll(lambda: standby.get("/readyz").status_code == 200)
+    assert leader.get("/readyz").status_code == 200
+    row = standby.check_row("postgres", "main")
+    assert row is not None and row["state"] == "standby" and row["checked_by"] == "agent-a"
+    assert 'target="main"' not in standby.get("/metrics").text
+    assert "standby (checked by agent-a)" in standby.get("/").text
+    assert metric(standby, "opsagent_fleet_leader{") == ['opsagent_fleet_leader{agent="agent-b",mechanism="postgres-advisory"} 0.0']
+    assert metric(leader, "opsagent_fleet_leader{") == ['opsagent_fleet_leader{agent="agent-a",mechanism="postgres-advisory"} 1.0']
+    assert any('target="main"' in line for line in metric(leader, "opsagent_check_up"))
+    assert (standby.check_row("cpu", "task") or {}).get("up") is True  # task targets run everywhere
+    assert poll(lambda: sessions(private_pg, db) == {"check": 1, "lock": 2} and sessions(private_pg, db))
+
+
+def test_a_leader_cut_off_from_the_lock_database_hands_over(private_pg: PostgresServer,
+                                                             start_agent: Callable[..., RunningAgent]) -> None:
+    """Cutting the leader's network to the lock database fences it after a lease: the standby takes over, the old leader stands by."""
+    db, dsn = fleet_db(private_pg)
+    proxy = FaultProxy(private_pg.port)
+    try:
+        via_proxy = dsn.replace(f":{private_pg.port}/", f":{proxy.port}/")
+        first = start_agent(fleet_config(db, dsn, via_proxy, "agent-a"))
+        poll(lambda: (first.check_row("postgres", "main") or {}).get("up") is True)
+        second = start_agent(fleet_config(db, dsn, dsn, "agent-b"))
+        poll(lambda: (second.check_row("postgres", "main") or {}).get("state") == "standby")
+        proxy.set_mode("blackhole")
+        poll(lambda: (second.check_row("postgres", "main") or {}).get("up") is True, timeout=15)
+        poll(lambda: (first.check_row("postgres", "main") or {}).get("state") == "standby", timeout=10)
+        assert metric(first, 'opsagent_fleet_handovers_total{agent="agent-a",change="lost"}')[0].endswith(" 1.0")
+        assert poll(lambda: sessions(private_pg, db)["check"] == 1, timeout=10)
+    finally:
+        proxy.close()
+
+
+def test_a_hung_leader_is_fenced_by_its_lease(private_pg: PostgresServer,
+                                              start_agent: Callable[..., RunningAgent]) -> None:
+    """A leader whose renewals stop while its lock session stays open loses the lock to the server's lease deadline."""
+    db, dsn = fleet_db(private_pg)
+    hung = start_agent(fleet_config(db, dsn, dsn, "agent-a"))
+    poll(lambda: (hung.check_row("postgres", "main") or {}).get("up") is True)
+    survivor = start_agent(fleet_config(db, dsn, dsn, "agent-b"))
+    poll(lambda: (survivor.check_row("postgres", "main") or {}).get("state") == "standby")
+    hung.agent.fleet._stop.set()  # the renewal loop stops; the session stays open and silent
+    poll(lambda: not hung.agent.fleet.is_leader(), timeout=10)  # it stops acting on its own first
+    poll(lambda: (survivor.check_row("postgres", "main") or {}).get("up") is True, timeout=15)
+    assert survivor.agent.fleet.is_leader()
+
+
+def test_dynamodb_lease_is_exclusive_and_expires(aws: MotoServer) -> None:
+    """Two agents on one DynamoDB lease: one holds it, the other takes it only after it expired, and state follows."""
+    boto3.client("dynamodb", region_name="us-east-1").create_table(
+        TableName="opsagent-fleet", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+    now = [1000.0]
+    a = DynamoLease("opsagent-fleet", "api", "agent-a", 10.0, region="us-east-1", clock=lambda: now[0])
+    b = DynamoLease("opsagent-fleet", "api", "agent-b", 10.0, region="us-east-1", clock=lambda: now[0])
+    tick = [0.0]
+    fleet_a = Fleet("agent-a", a, 10.0, monotonic=lambda: tick[0])
+    fleet_b = Fleet("agent-b", b, 10.0, monotonic=lambda: tick[0])
+    fleet_a.round()
+    fleet_b.round()
+    assert fleet_a.is_leader() and not fleet_b.is_leader()
+    assert fleet_b.leader_id() == "agent-a"
+    fleet_a.publish([{"alertname": "TargetDown", "check": "redis", "target": "cache", "phase": "firing"}])
+    b.save_state("{}")  # not the holder: refused
+    now[0] += 11.0  # agent-a stopped renewing (hung, or gone)
+    tick[0] += 11.0
+    assert not fleet_a.is_leader()  # it fences itself before anyone else may take over
+    fleet_b.round()
+    fleet_a.round()
+    assert fleet_b.is_leader() and not fleet_a.is_leader()
+    assert fleet_b.adopted_states() == [{"alertname": "TargetDown", "check": "redis", "target": "cache",
+                                         "phase": "firing"}]
+    assert fleet_a.lost_total == 1 and fleet_b.acquired_total == 1
+
+
+def test_a_lone_agent_leads_itself(tmp_path: Path) -> None:
+    """Without a fleet lock configured the agent checks every target and says it leads."""
+    from opsagent.runtime.agent import Agent
+
+    agent = Agent(make_settings(tmp_path, {"checks": {"redis": [{"name": "cache", "url": "redis://127.0.0.1:1/0"}]}}))
+    assert agent.fleet.is_leader() and not agent.shared
+    assert agent.standby("redis", "cache") is None
