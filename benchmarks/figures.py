@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import harness as h
+from benchmarks.fleet import figure_fleet
 from benchmarks.profile import PySpy, pyinstrument_start
 from benchmarks.report import Report, Row
 from tests.fixtures.pgbouncer import PgBouncerServer
@@ -736,6 +737,7 @@ FIGURES: dict[str, Callable[[Ctx], None]] = {
     "scale": figure_scale,
     "detection": figure_detection,
     "backup": figure_backup,
+    "fleet": figure_fleet,
 }
 
 __all__ = ["FIGURES", "Ctx", "Mode"]
