@@ -11,7 +11,8 @@ import boto3
 import pytest
 
 from opsagent.config import ConfigError, load_config
-from opsagent.runtime.fleet import DynamoLease, Fleet, default_scope
+from opsagent.runtime.fleet import Fleet, default_scope
+from opsagent.runtime.leases import DynamoLease
 from tests.faults.proxy import FaultProxy
 from tests.fixtures.agent import RunningAgent, make_settings, poll
 from tests.fixtures.aws import MotoServer

@@ -166,6 +166,8 @@ class Agent:
         if key in self.shared and not self.fleet.is_leader():
             return None  # a standby never measures a shared target (its job is paused; this closes the race)
         result = self.runners[key].run()
+        if key in self.shared and not self.fleet.is_leader():
+            return None  # demoted while measuring: the new leader reports this target
         self._durations.labels(key[0]).observe(result.duration)
         try:
             self.store.record(result)

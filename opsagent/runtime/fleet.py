@@ -9,14 +9,14 @@ CPU and memory, the app container's metrics endpoint) are checked everywhere.
 Leadership is a lease on an engine the platform already runs, never home-made
 consensus:
 
-* :class:`PostgresLease`: the session advisory lock the backups use
+* :class:`~opsagent.runtime.leases.PostgresLease`: the session advisory lock the backups use
   (``agent.fleet_lock_dsn``, default ``backup.lock_dsn``). A leader killed with
   -9 loses it when its session drops. A leader that hangs (SIGSTOP, a stuck
   GIL) or is cut off keeps its session open, so the session carries
   ``idle_session_timeout = lease`` (PostgreSQL 14+): the server ends a session
   that stops renewing, which frees the lock. The leader fences itself too: it
   acts as leader only within two thirds of a lease after its last good renewal.
-* :class:`DynamoLease`: a lease item written with conditional writes
+* :class:`~opsagent.runtime.leases.DynamoLease`: a lease item written with conditional writes
   (``agent.fleet_lock_table``) for stacks without PostgreSQL.
 
 Alert state of the shared targets lives beside the lease (a small table in the
@@ -26,18 +26,18 @@ is firing and what was already paged instead of paging again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from opsagent.runtime.leases import Lease, lease_for
 from opsagent.runtime.runner import describe_error
 
 if TYPE_CHECKING:
@@ -47,8 +47,9 @@ log = structlog.get_logger("opsagent.fleet")
 
 # Kinds that measure this process's own task; everything else (including kinds added later) is shared.
 TASK_KINDS = frozenset({"cpu", "memory"})
-APPLICATION_PREFIX = "opsagent-fleet:"
-STATE_TABLE = "opsagent_fleet_state"
+# Fields of an alert state that change with every result: a change of these alone is not worth a write.
+VOLATILE_FIELDS = ("value", "last_at", "error")
+STOP_SECONDS = 2.0  # leaving the fleet (loop exit, lock release) may take this long per step at shutdown
 
 
 def default_scope(kind: str, target: TargetBase) -> str:
@@ -66,225 +67,7 @@ def agent_id(settings: Settings) -> str:
     """This process's id in the fleet (``checked_by``): ``agent.id``, else ``name@host:pid``."""
     return settings.agent.id or f"{settings.agent.name}@{socket.gethostname()}:{os.getpid()}"
 
-
-def fleet_lock_key(name: str) -> int:
-    """The advisory lock key of the fleet named ``name`` (a signed 64-bit integer)."""
-    return int.from_bytes(hashlib.sha256(f"opsagent:fleet:{name}".encode()).digest()[:8], "big", signed=True)
-
-
-class Lease(Protocol):
-    """One backend's view of the fleet lock. Methods may raise on a backend failure."""
-
-    mechanism: str
-
-    def renew(self) -> bool:
-        """Take the lease, or keep it; True while this agent holds it."""
-        ...
-
-    def holder(self) -> str | None:
-        """The agent id of the current holder, None when nobody holds it."""
-        ...
-
-    def save_state(self, document: str) -> None:
-        """Store the fleet's alert state (only while holding the lease)."""
-        ...
-
-    def load_state(self) -> str | None:
-        ...
-
-    def release(self) -> None:
-        ...
-
-
-class PostgresLease:
-    """The fleet lock as a PostgreSQL session advisory lock, fenced by ``idle_session_timeout``."""
-
-    mechanism = "postgres-advisory"
-
-    def __init__(self, dsn: str, fleet: str, agent: str, lease: float) -> None:
-        self._dsn = dsn
-        self._fleet = fleet
-        self._agent = agent
-        self._lease = lease
-        self._key = fleet_lock_key(fleet)
-        self._io_timeout = max(1.0, lease / 3)
-        self._io = threading.Lock()
-        self._conn: Any = None
-        self._held = False
-        self._table_ok: bool | None = None
-
-    # Every statement runs under a watchdog: a cut network would otherwise block recv() forever.
-    def _call(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        conn = self._connection()
-        timer = threading.Timer(self._io_timeout, _shutdown_socket, args=(conn,))
-        timer.daemon = True
-        timer.start()
-        try:
-            cursor = conn.execute(sql, params)
-            return list(cursor.fetchall()) if cursor.description is not None else []
-        except Exception:
-            self._drop()
-            raise
-        finally:
-            timer.cancel()
-
-    def _connection(self) -> Any:
-        if self._conn is None:
-            import psycopg
-
-            conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=max(1, round(self._io_timeout)),
-                                   application_name=(APPLICATION_PREFIX + self._agent)[:63])
-            try:
-                if conn.info.server_version >= 140000:
-                    conn.execute(f"SET idle_session_timeout = {int(self._lease * 1000)}")
-                else:
-                    log.warning("fleet_lease_unfenced", reason="PostgreSQL before 14 has no idle_session_timeout; "
-                                "a hung leader keeps the lock until its session drops")
-            except Exception:
-                conn.close()
-                raise
-            self._conn = conn
-            self._held = False
-        return self._conn
-
-    def _drop(self) -> None:
-        conn, self._conn, self._held = self._conn, None, False
-        if conn is not None:
-            threading.Thread(target=_close_quietly, args=(conn,), name="fleet-lock-close", daemon=True).start()
-
-    def renew(self) -> bool:
-        with self._io:
-            if self._held:
-                # Still ours? (A session the server ended reconnects above, without the lock.)
-                rows = self._call("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                                  "AND pid = pg_backend_pid() AND classid::bigint = %s AND objid::bigint = %s "
-                                  "AND objsubid = 1", _split(self._key))
-                self._held = bool(rows and rows[0][0])
-                if self._held:
-                    return True
-            rows = self._call("SELECT pg_try_advisory_lock(%s)", (self._key,))
-            self._held = bool(rows and rows[0][0])
-            return self._held
-
-    def holder(self) -> str | None:
-        with self._io:
-            rows = self._call("SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-                              "WHERE l.locktype = 'advisory' AND l.granted AND l.classid::bigint = %s "
-                              "AND l.objid::bigint = %s AND l.objsubid = 1", _split(self._key))
-        name = str(rows[0][0]) if rows and rows[0][0] else ""
-        return name.removeprefix(APPLICATION_PREFIX) if name.startswith(APPLICATION_PREFIX) else None
-
-    def save_state(self, document: str) -> None:
-        with self._io:
-            if not self._held or self._table_ok is False:
-                return
-            if self._table_ok is None:
-                try:
-                    self._call(f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (fleet text PRIMARY KEY, holder text, "
-                               "state text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())")
-                except Exception as exc:  # noqa: BLE001 - no CREATE privilege: hand-over relies on fingerprints
-                    log.warning("fleet_state_table_unavailable", table=STATE_TABLE, error=describe_error(exc),
-                                hint="grant CREATE, or create the table; a new leader may page again once")
-                    self._table_ok = False
-                    return
-                self._table_ok = True
-            self._call(f"INSERT INTO {STATE_TABLE} (fleet, holder, state) VALUES (%s, %s, %s) "
-                       "ON CONFLICT (fleet) DO UPDATE SET holder = EXCLUDED.holder, state = EXCLUDED.state, "
-                       "updated_at = now()", (self._fleet, self._agent, document))
-
-    def load_state(self) -> str | None:
-        with self._io:
-            exists = self._call("SELECT to_regclass(%s) IS NOT NULL", (STATE_TABLE,))
-            if not (exists and exists[0][0]):
-                return None
-            rows = self._call(f"SELECT state FROM {STATE_TABLE} WHERE fleet = %s", (self._fleet,))
-        return str(rows[0][0]) if rows else None
-
-    def release(self) -> None:
-        with self._io:
-            if self._held and self._conn is not None:
-                try:
-                    self._call("SELECT pg_advisory_unlock(%s)", (self._key,))
-                except Exception:  # noqa: BLE001 - a dead session already lost the lock
-                    pass
-            self._drop()
-
-
-class DynamoLease:
-    """The fleet lock as a DynamoDB item taken and renewed with conditional writes."""
-
-    mechanism = "dynamodb-lease"
-
-    def __init__(self, table: str, fleet: str, agent: str, lease: float, region: str | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
-        from opsagent import aws
-
-        self._table = table
-        self._key = {"pk": {"S": f"fleet#{fleet}"}}
-        self._agent = agent
-        self._lease = lease
-        self._clock = clock
-        self._client = aws.client("dynamodb", region, timeout=max(1.0, lease / 4), max_attempts=2)
-
-    def renew(self) -> bool:
-        now = self._clock()
-        try:
-            self._client.update_item(
-                TableName=self._table, Key=self._key,
-                UpdateExpression="SET holder = :me, expires_at = :exp",
-                ConditionExpression="attribute_not_exists(pk) OR holder = :me OR expires_at < :now",
-                ExpressionAttributeValues={":me": {"S": self._agent}, ":exp": {"N": repr(now + self._lease)},
-                                           ":now": {"N": repr(now)}},
-            )
-        except self._client.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
-
-    def _item(self) -> dict[str, Any]:
-        item: dict[str, Any] = self._client.get_item(TableName=self._table, Key=self._key,
-                                                     ConsistentRead=True).get("Item") or {}
-        return item
-
-    def holder(self) -> str | None:
-        item = self._item()
-        if not item or float(item.get("expires_at", {}).get("N", "0")) < self._clock():
-            return None
-        return str(item.get("holder", {}).get("S")) or None
-
-    def save_state(self, document: str) -> None:
-        try:
-            self._client.update_item(
-                TableName=self._table, Key=self._key, UpdateExpression="SET fleet_state = :s",
-                ConditionExpression="holder = :me",
-                ExpressionAttributeValues={":s": {"S": document}, ":me": {"S": self._agent}},
-            )
-        except self._client.exceptions.ConditionalCheckFailedException:
-            log.warning("fleet_state_not_saved", reason="the lease moved to another agent")
-
-    def load_state(self) -> str | None:
-        value = self._item().get("fleet_state", {}).get("S")
-        return str(value) if value else None
-
-    def release(self) -> None:
-        try:
-            self._client.update_item(
-                TableName=self._table, Key=self._key, UpdateExpression="SET expires_at = :zero",
-                ConditionExpression="holder = :me",
-                ExpressionAttributeValues={":zero": {"N": "0"}, ":me": {"S": self._agent}},
-            )
-        except Exception as exc:  # noqa: BLE001 - the lease then simply expires
-            log.debug("fleet_release_failed", error=describe_error(exc))
-
-
-def lease_for(settings: Settings, agent: str) -> Lease | None:
-    """The configured fleet lock, or None for a lone agent (no lock configured: it checks everything)."""
-    a = settings.agent
-    if a.fleet_lock_table is not None:
-        return DynamoLease(a.fleet_lock_table, a.name, agent, a.fleet_lease, region=a.region)
-    dsn: Any = a.fleet_lock_dsn or settings.backup.lock_dsn  # SecretStr (the models' DSN type is opaque to mypy)
-    if dsn is not None:
-        return PostgresLease(dsn.get_secret_value(), a.name, agent, a.fleet_lease)
-    return None
+__all__ = ["Fleet", "Lease", "agent_id", "default_scope", "lease_for"]
 
 
 class Fleet:
@@ -384,32 +167,47 @@ class Fleet:
             self.decided.set()
 
     def stop(self) -> None:
-        """Leave the fleet: release the lease so a survivor takes over at once, not after a lease."""
+        """Leave the fleet: release the lease so a survivor takes over at once, not after a lease.
+
+        Bounded (SIGTERM must stop the agent within 25 s): an unreachable lock database is left to
+        fence this agent's session by itself.
+        """
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(self._seconds)
-        if self._lease is not None:
-            was = self._acting
-            self._acting = False
-            try:
-                self._lease.release()
-            except Exception as exc:  # noqa: BLE001 - it expires anyway
-                log.debug("fleet_release_failed", error=describe_error(exc))
-            if was:
-                log.info("fleet_leader_released", agent=self.agent)
+            self._thread.join(STOP_SECONDS)
+        if self._lease is None:
+            return
+        was, self._acting = self._acting, False
+        releaser = threading.Thread(target=self._release, name="fleet-release", daemon=True)
+        releaser.start()
+        releaser.join(STOP_SECONDS)
+        if was:
+            log.info("fleet_leader_released", agent=self.agent, released=not releaser.is_alive())
+
+    def _release(self) -> None:
+        assert self._lease is not None
+        try:
+            self._lease.release()
+        except Exception as exc:  # noqa: BLE001 - it expires anyway
+            log.debug("fleet_release_failed", error=describe_error(exc))
 
     # -- hand-over state -------------------------------------------------------------------------
 
     def publish(self, states: list[dict[str, Any]]) -> None:
-        """Store the shared targets' alert state for the next leader (only when it changed)."""
+        """Store the shared targets' alert state for the next leader, when more than its values changed.
+
+        One write per alert transition, not per result: a new leader's first run refreshes the values.
+        """
         if self._lease is None or not self.is_leader():
             return
-        document = json.dumps({"version": 1, "leader": self.agent, "alerts": states}, sort_keys=True, default=str)
-        if document == self._published:
+        shape = json.dumps([{k: v for k, v in s.items() if k not in VOLATILE_FIELDS} for s in states],
+                           sort_keys=True, default=str)
+        if shape == self._published:
             return
+        document = json.dumps({"version": 1, "leader": self.agent, "alerts": states}, sort_keys=True, default=str)
         try:
             self._lease.save_state(document)
-            self._published = document
+            self._published = shape
         except Exception as exc:  # noqa: BLE001 - the next change retries; a new leader may page once more
             log.warning("fleet_state_not_saved", error=describe_error(exc))
 
@@ -438,29 +236,3 @@ class Fleet:
         handovers.add_metric([self.agent, "acquired"], float(self.acquired_total))
         handovers.add_metric([self.agent, "lost"], float(self.lost_total))
         return [leader, handovers]
-
-
-def _split(key: int) -> tuple[int, int]:
-    """pg_locks shows a bigint advisory key as classid (high 32 bits) and objid (low 32 bits)."""
-    unsigned = key & 0xFFFFFFFFFFFFFFFF
-    return unsigned >> 32, unsigned & 0xFFFFFFFF
-
-
-def _shutdown_socket(conn: Any) -> None:
-    """Wake a statement blocked on a silent network: shut the socket down (the fd stays psycopg's)."""
-    try:
-        fd = conn.pgconn.socket
-        sock = socket.socket(fileno=os.dup(fd))
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        finally:
-            sock.close()
-    except Exception as exc:  # noqa: BLE001 - already closed: nothing is blocked
-        log.debug("fleet_socket_shutdown_failed", error=describe_error(exc))
-
-
-def _close_quietly(conn: Any) -> None:
-    try:
-        conn.close()
-    except Exception as exc:  # noqa: BLE001 - a broken session is gone either way
-        log.debug("fleet_lock_close_failed", error=describe_error(exc))
