@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -148,6 +149,7 @@ def test_dynamodb_lease_is_exclusive_and_expires(aws: MotoServer) -> None:
     assert fleet_a.is_leader() and not fleet_b.is_leader()
     assert fleet_b.leader_id() == "agent-a"
     fleet_a.publish([{"alertname": "TargetDown", "check": "redis", "target": "cache", "phase": "firing"}])
+    fleet_a.round()  # the loop writes published state on its next pass
     b.save_state("{}")  # not the holder: refused
     now[0] += 11.0  # agent-a stopped renewing (hung, or gone)
     tick[0] += 11.0
@@ -167,3 +169,52 @@ def test_a_lone_agent_leads_itself(tmp_path: Path) -> None:
     agent = Agent(make_settings(tmp_path, {"checks": {"redis": [{"name": "cache", "url": "redis://127.0.0.1:1/0"}]}}))
     assert agent.fleet.is_leader() and not agent.shared
     assert agent.standby("redis", "cache") is None
+
+
+class _StubLease:
+    """A lease that is always held and whose stored state is whatever the test sets."""
+
+    mechanism = "stub"
+
+    def __init__(self, state: str | None) -> None:
+        self.state = state
+        self.saved: list[str] = []
+
+    def renew(self) -> bool:
+        return True
+
+    def holder(self) -> str | None:
+        return "me"
+
+    def save_state(self, document: str) -> None:
+        self.saved.append(document)
+
+    def load_state(self) -> str | None:
+        if self.state == "broken":
+            raise OSError("lock database gone")
+        return self.state
+
+    def release(self) -> None:
+        return None
+
+
+def test_a_new_leader_without_a_stored_document_keeps_its_own_state() -> None:
+    """No stored hand-over document (or an unreadable one) means "keep local state", an empty one means "nothing firing"."""
+    assert Fleet("me", _StubLease(None), 6.0).adopted_states() is None
+    assert Fleet("me", _StubLease("broken"), 6.0).adopted_states() is None
+    assert Fleet("me", _StubLease('{"alerts": []}'), 6.0).adopted_states() == []
+
+
+def test_state_is_written_once_per_transition_not_per_value() -> None:
+    """Publishing the same alert phases with new values writes nothing; a new phase writes one document."""
+    lease = _StubLease(None)
+    fleet = Fleet("me", lease, 6.0)
+    fleet.round()
+    state = {"alertname": "TargetDown", "check": "redis", "target": "cache", "phase": "pending", "value": 1.0}
+    fleet.publish([state])
+    fleet.round()
+    fleet.publish([{**state, "value": 2.0, "last_at": 5.0}])
+    fleet.round()
+    fleet.publish([{**state, "phase": "firing"}])
+    fleet.round()
+    assert [json.loads(d)["alerts"][0]["phase"] for d in lease.saved] == ["pending", "firing"]

@@ -246,7 +246,8 @@ class Agent:
         if not self.shared:
             return
         if leader:
-            adopted = self.pipeline.adopt_states(self.shared, self.fleet.adopted_states())
+            states = self.fleet.adopted_states()
+            adopted = None if states is None else self.pipeline.adopt_states(self.shared, states)
             log.info("fleet_targets_taken_over", targets=len(self.shared), alert_states=adopted)
             now = datetime.now(timezone.utc)
             for i, key in enumerate(sorted(self.shared)):

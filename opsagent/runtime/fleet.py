@@ -67,6 +67,7 @@ def agent_id(settings: Settings) -> str:
     """This process's id in the fleet (``checked_by``): ``agent.id``, else ``name@host:pid``."""
     return settings.agent.id or f"{settings.agent.name}@{socket.gethostname()}:{os.getpid()}"
 
+
 __all__ = ["Fleet", "Lease", "agent_id", "default_scope", "lease_for"]
 
 
@@ -96,8 +97,10 @@ class Fleet:
         if lease is None:
             self.decided.set()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a state document waits to be written
         self._thread: threading.Thread | None = None
         self._published: str | None = None
+        self._pending: tuple[str, str] | None = None  # (shape, document) not yet written
 
     @property
     def enabled(self) -> bool:
@@ -123,9 +126,16 @@ class Fleet:
         self._thread.start()
 
     def _loop(self) -> None:
+        """Renew every third of a lease; in between, write hand-over state as soon as it is published."""
+        next_round = self._monotonic()
         while not self._stop.is_set():
-            self.round()
-            self._stop.wait(self._period)
+            if self._monotonic() >= next_round:
+                self.round()
+                next_round = self._monotonic() + self._period
+            else:
+                self._flush()
+            self._wake.wait(max(0.0, next_round - self._monotonic()))
+            self._wake.clear()
 
     def round(self) -> None:
         """One renewal attempt; public so tests can drive the loop without waiting."""
@@ -147,6 +157,7 @@ class Fleet:
             # The server fences a silent session after one lease; act only well inside it.
             self._valid_until = started + self._seconds - self._period
         self._decide(held)
+        self._flush()
 
     def _decide(self, held: bool) -> None:
         before, self._acting = self._acting, held
@@ -173,6 +184,7 @@ class Fleet:
         fence this agent's session by itself.
         """
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(STOP_SECONDS)
         if self._lease is None:
@@ -186,6 +198,7 @@ class Fleet:
 
     def _release(self) -> None:
         assert self._lease is not None
+        self._flush(leaving=True)
         try:
             self._lease.release()
         except Exception as exc:  # noqa: BLE001 - it expires anyway
@@ -194,9 +207,10 @@ class Fleet:
     # -- hand-over state -------------------------------------------------------------------------
 
     def publish(self, states: list[dict[str, Any]]) -> None:
-        """Store the shared targets' alert state for the next leader, when more than its values changed.
+        """Queue the shared targets' alert state for the next leader, when more than its values changed.
 
-        One write per alert transition, not per result: a new leader's first run refreshes the values.
+        One write per alert transition, not per result (a new leader's first run refreshes the values),
+        made by the fleet's own thread: a slow lock database never holds up a check's thread.
         """
         if self._lease is None or not self.is_leader():
             return
@@ -205,25 +219,39 @@ class Fleet:
         if shape == self._published:
             return
         document = json.dumps({"version": 1, "leader": self.agent, "alerts": states}, sort_keys=True, default=str)
-        try:
-            self._lease.save_state(document)
-            self._published = shape
-        except Exception as exc:  # noqa: BLE001 - the next change retries; a new leader may page once more
-            log.warning("fleet_state_not_saved", error=describe_error(exc))
+        self._pending = (shape, document)
+        self._wake.set()
 
-    def adopted_states(self) -> list[dict[str, Any]]:
-        """What the previous leader left: its shared alert states (empty when none or unreadable)."""
+    def _flush(self, leaving: bool = False) -> None:
+        """Write the queued state document while this agent leads (or is just handing the lease back)."""
+        pending = self._pending
+        if pending is None or self._lease is None or not (leaving or self.is_leader()):
+            return
+        try:
+            self._lease.save_state(pending[1])
+        except Exception as exc:  # noqa: BLE001 - retried on the next round; a new leader may page once more
+            log.warning("fleet_state_not_saved", error=describe_error(exc))
+            return
+        self._published = pending[0]
+        if self._pending is pending:
+            self._pending = None
+
+    def adopted_states(self) -> list[dict[str, Any]] | None:
+        """What the previous leader left: its shared alert states; None when no document exists or it is unreadable
+        (then this agent keeps what it persisted itself, e.g. as the last leader before a restart)."""
         if self._lease is None:
-            return []
+            return None
         self._published = None
         try:
             raw = self._lease.load_state()
-            data = json.loads(raw) if raw else {}
-        except Exception as exc:  # noqa: BLE001 - start from nothing, as a first leader does
+            data = json.loads(raw) if raw else None
+        except Exception as exc:  # noqa: BLE001 - keep the local state, as a restarted lone leader does
             log.warning("fleet_state_unreadable", error=describe_error(exc))
-            return []
+            return None
         alerts = data.get("alerts") if isinstance(data, dict) else None
-        return [a for a in alerts if isinstance(a, dict)] if isinstance(alerts, list) else []
+        if not isinstance(alerts, list):
+            return None
+        return [a for a in alerts if isinstance(a, dict)]
 
     # -- metrics ---------------------------------------------------------------------------------
 
