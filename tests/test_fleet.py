@@ -218,3 +218,25 @@ def test_state_is_written_once_per_transition_not_per_value() -> None:
     fleet.publish([{**state, "phase": "firing"}])
     fleet.round()
     assert [json.loads(d)["alerts"][0]["phase"] for d in lease.saved] == ["pending", "firing"]
+
+
+def test_agents_on_a_dynamodb_lease_share_a_target_and_hand_over(
+        aws: MotoServer, start_agent: Callable[..., RunningAgent], fresh_redis: Any) -> None:
+    """With `fleet_lock_table` one agent checks the shared Redis, the other stands by and takes over when it stops."""
+    boto3.client("dynamodb", region_name="us-east-1").create_table(
+        TableName="opsagent-fleet", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+
+    def config(agent: str) -> dict[str, Any]:
+        return {"agent": {"name": "dyn-fleet", "id": agent, "fleet_lock_table": "opsagent-fleet", "fleet_lease": LEASE},
+                "checks": {"redis": [{"name": "cache", "url": fresh_redis.url(), "interval": "1s"}]}}
+
+    first = start_agent(config("agent-a"))
+    poll(lambda: (first.check_row("redis", "cache") or {}).get("up") is True)
+    second = start_agent(config("agent-b"))
+    poll(lambda: (second.check_row("redis", "cache") or {}).get("state") == "standby")
+    assert second.check_row("redis", "cache")["checked_by"] == "agent-a"  # type: ignore[index]
+    assert metric(second, "opsagent_fleet_leader{") == [
+        'opsagent_fleet_leader{agent="agent-b",mechanism="dynamodb-lease"} 0.0']
+    first.stop()  # a clean stop hands the lease back at once
+    poll(lambda: (second.check_row("redis", "cache") or {}).get("up") is True, timeout=10)

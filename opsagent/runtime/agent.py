@@ -284,8 +284,8 @@ class Agent:
 
     def standby(self, check: str, target: str) -> str | None:
         """For a target on standby: the agent id that checks it ("" while no leader is known), else None."""
-        if (check, target) not in self.standby_keys():
-            return None
+        if (check, target) not in self.standby_keys() or not self.fleet.decided.is_set():
+            return None  # not shared, led here, or the first election is still under way (pending)
         return self.fleet.leader_id() or ""
 
     # -- health --------------------------------------------------------------------------------
