@@ -39,6 +39,10 @@ def ecs_task(aws: MotoServer) -> Iterator[dict[str, Any]]:
             {"name": "REDIS_URL", "value": f"redis://:{REDIS_PASSWORD}@cache.internal:6379/0"},
             {"name": "LOG_LEVEL", "value": "info"},
         ], "secrets": [{"name": "REPORTS_DATABASE_URL", "valueFrom": secret_arn}]},
+        {"name": "worker", "image": "worker:1.4.2", "memory": 256, "environment": [
+            {"name": "PGHOST", "value": "jobs.internal"}, {"name": "PGPORT", "value": "6432"},
+            {"name": "PGUSER", "value": "worker"}, {"name": "PGDATABASE", "value": "jobs"},
+        ], "secrets": [{"name": "PGPASSWORD", "valueFrom": secret_arn}]},
         {"name": "opsagent", "image": "opsagent:0.2", "memory": 256,
          "environment": [{"name": "DATABASE_URL", "value": "postgresql://never:proposed@sidecar.invalid/x"}]},
     ])
@@ -65,7 +69,7 @@ def _discover(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
 
 def test_discover_proposes_postgres_redis_and_the_rds_instance_with_secrets_masked(
         ecs_task: dict[str, Any], tmp_path: Path) -> None:
-    """The proposal names the app's database and cache and its RDS instance id, shows no password, and validates."""
+    """The proposal names the app's databases (URL and PG* forms) and cache and its RDS instance id, shows no password, and validates."""
     out = _discover(ecs_task["env"])
     assert out.returncode == 0, out.stderr
     for secret in (DB_PASSWORD, REDIS_PASSWORD, SECRET_DB_PASSWORD, "proposed"):
@@ -74,6 +78,7 @@ def test_discover_proposes_postgres_redis_and_the_rds_instance_with_secrets_mask
     dsns = [t["dsn"] for t in config["checks"]["postgres"]]
     assert f"postgresql://app:***@{ecs_task['host']}:5432/app" in dsns
     assert "postgresql://***" in dsns  # the unresolved secret: no host, nothing guessed
+    assert "postgresql://worker:***@jobs.internal:6432/jobs" in dsns  # libpq's PG* variables of another container
     assert config["checks"]["redis"][0]["url"] == "redis://:***@cache.internal:6379/0"
     assert config["backup"]["rds_instances"] == ["api-db"]
     assert config["agent"]["name"] == "api"
