@@ -92,8 +92,8 @@ def test_standby_reports_the_leader_and_opens_no_connection(private_pg: Postgres
     assert row is not None and row["state"] == "standby" and row["checked_by"] == "agent-a"
     assert 'target="main"' not in standby.get("/metrics").text
     assert "standby (checked by agent-a)" in standby.get("/").text
-    assert metric(standby, "opsagent_fleet_leader{") == ['opsagent_fleet_leader{agent="agent-b",mechanism="postgres-advisory"} 0.0']
-    assert metric(leader, "opsagent_fleet_leader{") == ['opsagent_fleet_leader{agent="agent-a",mechanism="postgres-advisory"} 1.0']
+    assert metric(standby, "opsagent_fleet_leader{") == ['opsagent_fleet_leader{agent="agent-b"} 0.0']
+    assert metric(leader, "opsagent_fleet_leader{") == ['opsagent_fleet_leader{agent="agent-a"} 1.0']
     assert any('target="main"' in line for line in metric(leader, "opsagent_check_up"))
     assert (standby.check_row("cpu", "task") or {}).get("up") is True  # task targets run everywhere
     assert poll(lambda: sessions(private_pg, db) == {"check": 1, "lock": 2} and sessions(private_pg, db))
@@ -236,7 +236,7 @@ def test_agents_on_a_dynamodb_lease_share_a_target_and_hand_over(
     second = start_agent(config("agent-b"))
     poll(lambda: (second.check_row("redis", "cache") or {}).get("state") == "standby")
     assert second.check_row("redis", "cache")["checked_by"] == "agent-a"  # type: ignore[index]
-    assert metric(second, "opsagent_fleet_leader{") == [
-        'opsagent_fleet_leader{agent="agent-b",mechanism="dynamodb-lease"} 0.0']
+    assert metric(second, "opsagent_fleet_leader{") == ['opsagent_fleet_leader{agent="agent-b"} 0.0']
+    assert second.status()["agent"]["fleet_lock"] == "dynamodb-lease"
     first.stop()  # a clean stop hands the lease back at once
     poll(lambda: (second.check_row("redis", "cache") or {}).get("up") is True, timeout=10)

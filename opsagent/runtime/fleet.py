@@ -257,8 +257,8 @@ class Fleet:
 
     def collect(self) -> Iterable[Metric]:
         leader = GaugeMetricFamily("opsagent_fleet_leader", "1 while this agent leads its fleet (checks the shared "
-                                   "targets), else 0", labels=["agent", "mechanism"])
-        leader.add_metric([self.agent, self.mechanism], 1.0 if self.is_leader() else 0.0)
+                                   "targets), else 0", labels=["agent"])
+        leader.add_metric([self.agent], 1.0 if self.is_leader() else 0.0)
         handovers = CounterMetricFamily("opsagent_fleet_handovers", "Leadership changes of this agent "
                                         "(acquired: became leader, lost: stopped leading)", labels=["agent", "change"])
         handovers.add_metric([self.agent, "acquired"], float(self.acquired_total))

@@ -58,6 +58,7 @@ def status_document(agent: Agent) -> dict[str, Any]:
             "healthy": agent.health()[0],
             "id": agent.agent_id,
             "fleet_leader": agent.fleet.is_leader(),
+            "fleet_lock": agent.fleet.mechanism,
         },
         "checks": checks,
         "alerts": agent.pipeline.alerts(),
