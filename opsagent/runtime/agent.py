@@ -249,7 +249,7 @@ class Agent:
             states = self.fleet.adopted_states()
             adopted = None if states is None else self.pipeline.adopt_states(self.shared, states)
             log.info("fleet_targets_taken_over", targets=len(self.shared), alert_states=adopted)
-            now = datetime.now(timezone.utc)
+            now = datetime.now(self.scheduler.timezone)
             for i, key in enumerate(sorted(self.shared)):
                 self._modify_job(key, next_run_time=now + timedelta(seconds=min(1.0, len(self.shared) / 100)
                                                                     * i / len(self.shared)))
