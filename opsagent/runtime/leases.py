@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -186,7 +187,9 @@ class DynamoLease:
 
         self._table = table
         self._key = {"pk": {"S": f"fleet#{fleet}"}}
-        self._agent = agent
+        # The holder is this process, not just its id: two processes given one `agent.id` by mistake
+        # must still exclude each other.
+        self._agent = f"{agent}#{uuid.uuid4().hex[:12]}"
         self._lease = lease
         self._clock = clock
         self._client = aws.client("dynamodb", region, timeout=max(1.0, lease / 4), max_attempts=2)
@@ -214,7 +217,7 @@ class DynamoLease:
         item = self._item()
         if not item or float(item.get("expires_at", {}).get("N", "0")) < self._clock():
             return None
-        return str(item.get("holder", {}).get("S")) or None
+        return str(item.get("holder", {}).get("S", "")).rpartition("#")[0] or None
 
     def save_state(self, document: str) -> None:
         try:
