@@ -101,7 +101,7 @@ def test_standby_reports_the_leader_and_opens_no_connection(private_pg: Postgres
 
 def test_a_leader_cut_off_from_the_lock_database_hands_over(private_pg: PostgresServer,
                                                              start_agent: Callable[..., RunningAgent]) -> None:
-    """Cutting the leader's network to the lock database fences it after a lease: the standby takes over, the old leader stands by."""
+    """Cutting the leader off the lock database hands leadership over; the cut-off agent checks on its own until it sees the lock again, then stands by."""
     db, dsn = fleet_db(private_pg)
     proxy = FaultProxy(private_pg.port)
     try:
@@ -112,11 +112,34 @@ def test_a_leader_cut_off_from_the_lock_database_hands_over(private_pg: Postgres
         poll(lambda: (second.check_row("postgres", "main") or {}).get("state") == "standby")
         proxy.set_mode("blackhole")
         poll(lambda: (second.check_row("postgres", "main") or {}).get("up") is True, timeout=15)
-        poll(lambda: (first.check_row("postgres", "main") or {}).get("state") == "standby", timeout=10)
+        assert metric(second, "opsagent_fleet_leader{") == ['opsagent_fleet_leader{agent="agent-b"} 1.0']
+        # Cut off for a whole lease, agent-a cannot know a leader exists: it checks rather than watch nothing.
+        poll(lambda: first.status()["agent"]["fleet_role"] == "orphan", timeout=15)
         assert metric(first, 'opsagent_fleet_handovers_total{agent="agent-a",change="lost"}')[0].endswith(" 1.0")
+        assert metric(first, "opsagent_fleet_leader{") == ['opsagent_fleet_leader{agent="agent-a"} 0.0']
+        poll(lambda: (first.check_row("postgres", "main") or {}).get("up") is True, timeout=10)
+        proxy.set_mode("pass")  # the lock is back: agent-a sees agent-b leading and stands by again
+        poll(lambda: (first.check_row("postgres", "main") or {}).get("checked_by") == "agent-b", timeout=15)
         assert poll(lambda: sessions(private_pg, db)["check"] == 1, timeout=10)
     finally:
         proxy.close()
+
+
+def test_a_lone_agent_whose_lock_database_dies_still_pages_it_down(
+        fresh_pg: PostgresServer, start_agent: Callable[..., RunningAgent]) -> None:
+    """When the lock database is the watched database and it dies, the agent checks it anyway and pages TargetDown."""
+    dsn = fresh_pg.dsn()
+    config = fleet_config("lone", dsn, dsn, "agent-a")
+    config["alerts"] = {"TargetDown": {"for": "0s"}}
+    agent = start_agent(config)
+    poll(lambda: (agent.check_row("postgres", "main") or {}).get("up") is True)
+    fresh_pg.kill()
+    row = poll(lambda: (lambda r: r if r.get("up") is False else None)(agent.check_row("postgres", "main") or {}),
+               timeout=20)
+    assert row["state"] != "standby"
+    assert agent.status()["agent"]["fleet_role"] == "orphan"
+    assert poll(lambda: any(a["alertname"] == "TargetDown" and a["labels"]["target"] == "main"
+                            for a in agent.status()["alerts"]), timeout=10)
 
 
 def test_a_hung_leader_is_fenced_by_its_lease(private_pg: PostgresServer,

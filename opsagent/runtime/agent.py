@@ -108,7 +108,8 @@ class Agent:
         lease = lease_for(settings, self.agent_id)
         self.shared = frozenset(key for key, t in self._targets.items()
                                 if lease is not None and default_scope(key[0], t) == "shared")
-        self.fleet = Fleet(self.agent_id, lease, settings.agent.fleet_lease, on_change=self._on_leadership)
+        self.fleet = Fleet(self.agent_id, lease, settings.agent.fleet_lease, on_change=self._on_role)
+        self._detached_states: list[dict[str, Any]] | None = None  # own alert state kept while the lock is away
         self.registry.register(self.fleet)
         if self.shared:
             self.store.subscribe(self._publish_fleet_state)
@@ -163,10 +164,10 @@ class Agent:
                 self.scheduler.add_job(func, trigger, id=job_id, name=job_id, misfire_grace_time=300)
 
     def run_target(self, key: tuple[str, str]) -> CheckResult | None:
-        if key in self.shared and not self.fleet.is_leader():
+        if key in self.shared and not self.fleet.runs_shared():
             return None  # a standby never measures a shared target (its job is paused; this closes the race)
         result = self.runners[key].run()
-        if key in self.shared and not self.fleet.is_leader():
+        if key in self.shared and not self.fleet.runs_shared():
             return None  # demoted while measuring: the new leader reports this target
         self._durations.labels(key[0]).observe(result.duration)
         try:
@@ -227,7 +228,7 @@ class Agent:
             for per_key in out.values():
                 per_key.pop(standby, None)
         for key, runner in self.runners.items():
-            if key in self.shared and not self.fleet.is_leader():
+            if key in self.shared and not self.fleet.runs_shared():
                 continue
             if runner.skipped_total:
                 skipped[key] = skipped.get(key, 0) + runner.skipped_total
@@ -241,19 +242,32 @@ class Agent:
 
     # -- the fleet -----------------------------------------------------------------------------
 
-    def _on_leadership(self, leader: bool) -> None:
-        """Run the shared targets while leading; otherwise stand by: no job, no connection, no series."""
+    def _on_role(self, role: str, previous: str | None) -> None:
+        """Run the shared targets as leader or orphan; otherwise stand by: no job, no connection, no series.
+
+        Alert state follows the checks: a new leader adopts the stored hand-over state (another agent led
+        before it); an agent that merely lost sight of the lock keeps its own, to resume it as an orphan.
+        """
         if not self.shared:
             return
-        if leader:
-            states = self.fleet.adopted_states()
+        if role in ("leader", "orphan"):
+            states: list[dict[str, Any]] | None = None
+            if role == "leader" and previous in (None, "standby", "detached"):
+                states = self.fleet.adopted_states()
+            if states is None and previous == "detached":
+                states = self._detached_states
+            self._detached_states = None
             adopted = None if states is None else self.pipeline.adopt_states(self.shared, states)
-            log.info("fleet_targets_taken_over", targets=len(self.shared), alert_states=adopted)
+            log.info("fleet_targets_taken_over", role=role, targets=len(self.shared), alert_states=adopted)
             now = datetime.now(self.scheduler.timezone)
             for i, key in enumerate(sorted(self.shared)):
                 self._modify_job(key, next_run_time=now + timedelta(seconds=min(1.0, len(self.shared) / 100)
                                                                     * i / len(self.shared)))
             return
+        if role == "detached" and previous != "standby":
+            self._detached_states = self.pipeline.export_states(self.shared)
+        elif role == "standby":
+            self._detached_states = None
         for key in self.shared:
             self._modify_job(key, next_run_time=None)
             self.store.forget(*key)
@@ -280,7 +294,7 @@ class Agent:
 
     def standby_keys(self) -> frozenset[tuple[str, str]]:
         """The shared targets another agent checks now (all of them while this one does not lead)."""
-        return frozenset() if not self.shared or self.fleet.is_leader() else self.shared
+        return frozenset() if not self.shared or self.fleet.runs_shared() else self.shared
 
     def standby(self, check: str, target: str) -> str | None:
         """For a target on standby: the agent id that checks it ("" while no leader is known), else None."""

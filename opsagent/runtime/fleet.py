@@ -72,14 +72,19 @@ __all__ = ["Fleet", "Lease", "agent_id", "default_scope", "lease_for"]
 
 
 class Fleet:
-    """This agent's membership: the renewal loop, who leads, and the fleet metrics.
+    """This agent's membership: the renewal loop, its role, and the fleet metrics.
 
-    ``on_change(leader)`` is called from the loop's thread whenever this agent
-    becomes or stops being the leader (and once after the first attempt).
+    Roles: ``leader`` (holds the lease: checks the shared targets), ``standby``
+    (another agent leads, or is about to), ``detached`` (the lock cannot be
+    reached, for less than a lease: wait, it may be a blip) and ``orphan`` (the
+    lock has been unreachable for a whole lease: check the shared targets anyway,
+    because the lock database is often the database being watched, and a fleet
+    that stands by while it is down would page nobody). ``on_change(role,
+    previous)`` is called from the loop's thread on every change of role.
     """
 
     def __init__(self, agent: str, lease: Lease | None, lease_seconds: float,
-                 on_change: Callable[[bool], None] | None = None,
+                 on_change: Callable[[str, str | None], None] | None = None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.agent = agent
         self._lease = lease
@@ -89,8 +94,9 @@ class Fleet:
         self._monotonic = monotonic
         self._valid_until = float("inf") if lease is None else 0.0
         self._leader_id: str | None = agent if lease is None else None
-        self._acting: bool | None = None if lease is not None else True
-        self._failing = False
+        self._held = lease is None
+        self._role: str | None = None if lease is not None else "leader"
+        self._unreachable_since: float | None = None
         self.acquired_total = 0
         self.lost_total = 0
         self.decided = threading.Event()
@@ -112,7 +118,15 @@ class Fleet:
 
     def is_leader(self) -> bool:
         """True while this agent holds a lease renewed recently enough to act on (self-fencing)."""
-        return bool(self._acting) and self._monotonic() < self._valid_until
+        return self._held and self._monotonic() < self._valid_until
+
+    def runs_shared(self) -> bool:
+        """True while this agent checks the shared targets: as the leader, or as an orphan of an unreachable lock."""
+        return self.is_leader() or self._role == "orphan"
+
+    @property
+    def role(self) -> str:
+        return self._role or "pending"
 
     def leader_id(self) -> str | None:
         return self.agent if self.is_leader() else self._leader_id
@@ -144,36 +158,48 @@ class Fleet:
         try:
             held = self._lease.renew()
             self._leader_id = self.agent if held else self._lease.holder()
-            if self._failing:
+            if self._unreachable_since is not None:
                 log.info("fleet_lock_reachable_again", mechanism=self.mechanism)
-            self._failing = False
+            self._unreachable_since = None
         except Exception as exc:  # noqa: BLE001 - an unreachable lock means: not the leader
             held = False
             self._leader_id = None
-            if not self._failing:
+            if self._unreachable_since is None:
+                self._unreachable_since = started
                 log.warning("fleet_lock_unreachable", mechanism=self.mechanism, error=describe_error(exc))
-            self._failing = True
         if held:
             # The server fences a silent session after one lease; act only well inside it.
             self._valid_until = started + self._seconds - self._period
-        self._decide(held)
+        self._held = held
+        if held:
+            role = "leader"
+        elif self._unreachable_since is None:
+            role = "standby"
+        elif started - self._unreachable_since >= self._seconds:
+            role = "orphan"
+        else:
+            role = "detached"
+        self._decide(role)
         self._flush()
 
-    def _decide(self, held: bool) -> None:
-        before, self._acting = self._acting, held
-        if before == held:
+    def _decide(self, role: str) -> None:
+        previous, self._role = self._role, role
+        if previous == role:
             return
-        if held:
+        if role == "leader":
             self.acquired_total += 1
             log.info("fleet_leader_acquired", agent=self.agent, mechanism=self.mechanism)
-        elif before:
+        elif previous == "leader":
             self.lost_total += 1
-            log.warning("fleet_leader_lost", agent=self.agent, leader=self._leader_id)
-        else:
+            log.warning("fleet_leader_lost", agent=self.agent, leader=self._leader_id, role=role)
+        if role == "orphan":
+            log.warning("fleet_lock_lost_checking_shared_targets", agent=self.agent, mechanism=self.mechanism,
+                        reason="the fleet lock is unreachable; checking the shared targets here rather than not at all")
+        elif role == "standby":
             log.info("fleet_standby", agent=self.agent, leader=self._leader_id)
         try:
             if self._on_change is not None:
-                self._on_change(held)
+                self._on_change(role, previous)
         finally:
             self.decided.set()
 
@@ -189,7 +215,7 @@ class Fleet:
             self._thread.join(STOP_SECONDS)
         if self._lease is None:
             return
-        was, self._acting = self._acting, False
+        was, self._held = self.is_leader(), False
         releaser = threading.Thread(target=self._release, name="fleet-release", daemon=True)
         releaser.start()
         releaser.join(STOP_SECONDS)

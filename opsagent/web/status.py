@@ -59,6 +59,7 @@ def status_document(agent: Agent) -> dict[str, Any]:
             "id": agent.agent_id,
             "fleet_leader": agent.fleet.is_leader(),
             "fleet_lock": agent.fleet.mechanism,
+            "fleet_role": agent.fleet.role,
         },
         "checks": checks,
         "alerts": agent.pipeline.alerts(),
