@@ -21,6 +21,7 @@ from typing import Any
 
 from benchmarks import harness as h
 from benchmarks.backup_figures import FIGURES as BACKUP_FIGURES
+from benchmarks.fleet import figure_fleet
 from benchmarks.profile import PySpy, pyinstrument_start
 from benchmarks.report import Report, Row
 from tests.fixtures.pgbouncer import PgBouncerServer
@@ -735,6 +736,7 @@ FIGURES: dict[str, Callable[[Ctx], None]] = {
     "detection": figure_detection,
     "backup": figure_backup,
     **BACKUP_FIGURES,  # issue 22: compression, restore --jobs, DR throughput, footprint
+    "fleet": figure_fleet,
 }
 
 __all__ = ["FIGURES", "Ctx", "Mode"]

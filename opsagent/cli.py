@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--comment", help="why (shown on the status page and in Alertmanager)")
     p.add_argument("--check", metavar="KIND", help="only alerts of this check kind")
     p.add_argument("--json", action="store_true", help="print the silence as JSON")
+
+    p = command("discover", "inside ECS: propose a config from the task definition (changes nothing)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--resolve-secrets", action="store_true",
+                   help="read the task's Secrets Manager secrets to learn hosts (still printed as ***)")
     return parser
 
 
@@ -160,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         sys.stdout.write(completion_script(build_parser(), args.shell))
         return EXIT_OK
+    if args.command == "discover":  # needs no configuration: it proposes one
+        from opsagent.discover import main as discover
+
+        return discover(args.json, args.resolve_secrets)
     try:
         settings = _load(args)
     except ConfigError as exc:

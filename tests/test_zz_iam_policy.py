@@ -51,7 +51,7 @@ IMPLIED_BY: dict[str, tuple[str, ...]] = {
 
 # Test modules that drive every AWS path of the agent: the "grants nothing unused" half needs them in the session.
 AWS_MODULES = ("test_snapshots", "test_rds_drill", "test_repository_s3", "test_notify_sinks", "test_check_sqs",
-               "test_check_s3_replication", "test_check_error_rate")
+               "test_check_s3_replication", "test_check_error_rate", "test_discover", "test_fleet")
 
 
 def policy_actions() -> set[str]:

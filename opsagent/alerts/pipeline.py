@@ -494,3 +494,40 @@ class AlertPipeline:
                               {**self._contexts.get(key, {}), **self.quality.page_context(*key)})
                 self._mark_notified(key)
                 self._save()
+    # -- fleet hand-over (runtime/fleet.py): the shared targets' state moves with the leadership ----
+
+    def export_states(self, targets: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+        """The alert states of these (check, target) pairs worth handing to a new leader."""
+        wanted = set(targets)
+        with self._lock:
+            return [s.to_dict() for s in self._states.values()
+                    if (s.check, s.target) in wanted and (s.active or s.unknown)]
+
+    def release_states(self, targets: Iterable[tuple[str, str]]) -> None:
+        """Forget these targets without resolving anything: another agent speaks for them now."""
+        wanted = set(targets)
+        with self._lock:
+            for key in [k for k in self._states if (k[1], k[2]) in wanted]:
+                self._states.pop(key, None)
+                self._contexts.pop(key, None)
+                self._repeat_sent.pop(key, None)
+            for pair in wanted:
+                self._up.pop(pair, None)
+            self._save()
+
+    def adopt_states(self, targets: Iterable[tuple[str, str]], states: Iterable[Mapping[str, Any]]) -> int:
+        """Take over the previous leader's states of these targets (already-sent pages stay sent); returns how many."""
+        wanted = set(targets)
+        self.release_states(wanted)
+        adopted = 0
+        with self._lock:
+            for raw in states:
+                try:
+                    state = AlertState.from_dict(raw)
+                except (TypeError, ValueError):
+                    continue
+                if state.alertname in ALARMS and (state.check, state.target) in wanted:
+                    self._states[state.key] = state
+                    adopted += 1
+            self._save()
+        return adopted

@@ -92,6 +92,12 @@ class AgentSection(Model):
     runbook_base_url: str = "https://github.com/opsagent/opsagent/blob/main/opsagent/runbooks/"
     external_url: str | None = None  # how others reach this agent (generatorURL); default http://listen
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # The fleet (runtime/fleet.py): one leader checks the shared targets. The lock is a PostgreSQL advisory
+    # lock on fleet_lock_dsn (default backup.lock_dsn), or a DynamoDB lease in fleet_lock_table.
+    id: Annotated[str, Field(min_length=1, max_length=100)] | None = None  # per process; default name@host:pid
+    fleet_lock_dsn: Annotated[SecretStr, _url_validator(("postgresql", "postgres"), secret=True)] | None = None
+    fleet_lock_table: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{3,255}$")] | None = None
+    fleet_lease: Duration = 15.0  # a hung or cut-off leader is fenced after this long
 
     @field_validator("listen")
     @classmethod
@@ -115,6 +121,13 @@ class AgentSection(Model):
                     raise ValueError(f"{value!r} {where}; expected a directory (created when missing)")
                 break
         return value
+    @model_validator(mode="after")
+    def _fleet(self) -> AgentSection:
+        if not 2 <= self.fleet_lease <= 600:
+            raise ValueError(f"fleet_lease must be between 2s and 10m; expected {DURATION_FORM}")
+        if all(v is not None for v in (self.fleet_lock_dsn, self.fleet_lock_table)):
+            raise ValueError("set one of fleet_lock_dsn (PostgreSQL advisory lock) or fleet_lock_table (DynamoDB lease)")
+        return self
 
     @property
     def listen_host(self) -> str:
@@ -132,6 +145,7 @@ class TargetBase(Model):
     interval: Duration = 15.0
     timeout: Duration | None = None  # hard deadline of one run; default min(interval, 10s)
     enabled: bool = True
+    scope: Literal["shared", "task"] | None = None  # default: runtime.fleet.default_scope(kind, target)
 
     @model_validator(mode="after")
     def _timing(self) -> TargetBase:
@@ -296,6 +310,11 @@ LIST_KINDS = ("postgres", "pgbouncer", "redis", "error_rate", "sqs", "bullmq", "
               "rabbitmq", "sql", "http", "cloudwatch")
 
 
+# Enabled targets one agent runs at most (issue 21): measured in benchmarks/ (figure scale: 502 targets, 50 of
+# them hanging, no missed run, /metrics and SIGTERM prompt); beyond it threads and GIL contention grow unbounded.
+MAX_TARGETS = 512
+
+
 class ChecksSection(Model):
     cpu: HostTarget | None = Field(default_factory=HostTarget)
     memory: HostTarget | None = Field(default_factory=HostTarget)
@@ -319,6 +338,15 @@ class ChecksSection(Model):
                 if target.name in seen:
                     raise ValueError(f"duplicate target name {target.name!r} in checks.{kind}; names must be unique per kind")
                 seen.add(target.name)
+        return self
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ChecksSection:
+        count = len(self.targets())
+        if count > MAX_TARGETS:
+            raise ValueError(
+                f"{count} enabled targets; at most {MAX_TARGETS} per agent (each holds a thread and a connection, "
+                "and scrapes and SIGTERM must stay prompt): split them across agents or disable some")
         return self
 
     def targets(self) -> list[tuple[str, TargetBase]]:

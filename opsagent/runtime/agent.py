@@ -36,6 +36,7 @@ from opsagent.alerts.history import AlertEvent
 from opsagent.checks import check_class
 from opsagent.config import Settings, TargetBase
 from opsagent.notify.stats import SinkStats
+from opsagent.runtime.fleet import Fleet, agent_id, default_scope, lease_for
 from opsagent.runtime.results import CheckResult, ResultStore
 from opsagent.runtime.runner import TargetRunner, describe_error
 from opsagent.telemetry import sentry
@@ -110,6 +111,18 @@ class Agent:
         self.trends = TrendBuffer()  # the status page's sparklines
         self.store.subscribe(self.trends.on_result)
 
+        # The fleet (runtime/fleet.py): shared targets run only while this agent leads; without a fleet
+        # lock configured the agent is alone and leads itself.
+        self.agent_id = agent_id(settings)
+        lease = lease_for(settings, self.agent_id)
+        self.shared = frozenset(key for key, t in self._targets.items()
+                                if lease is not None and default_scope(key[0], t) == "shared")
+        self.fleet = Fleet(self.agent_id, lease, settings.agent.fleet_lease, on_change=self._on_role)
+        self._detached_states: list[dict[str, Any]] | None = None  # own alert state kept while the lock is away
+        self.registry.register(self.fleet)
+        if self.shared:
+            self.store.subscribe(self._publish_fleet_state)
+
         self.backup: Any = None
         b = settings.backup
         if b.enabled and (b.repository or b.rds_instances or b.elasticache_clusters):
@@ -149,7 +162,7 @@ class Agent:
                 args=[key],
                 id=f"check:{key[0]}:{key[1]}",
                 name=f"{key[0]}:{key[1]}",
-                next_run_time=first,
+                next_run_time=None if key in self.shared else first,  # shared: paused until this agent leads
             )
         self.scheduler.add_job(self._beat, IntervalTrigger(seconds=HEARTBEAT_SECONDS), id="heartbeat",
                                next_run_time=now)
@@ -158,8 +171,12 @@ class Agent:
             for job_id, trigger, func in self.backup.jobs():
                 self.scheduler.add_job(func, trigger, id=job_id, name=job_id, misfire_grace_time=300)
 
-    def run_target(self, key: tuple[str, str]) -> CheckResult:
+    def run_target(self, key: tuple[str, str]) -> CheckResult | None:
+        if key in self.shared and not self.fleet.runs_shared():
+            return None  # a standby never measures a shared target (its job is paused; this closes the race)
         result = self.runners[key].run()
+        if key in self.shared and not self.fleet.runs_shared():
+            return None  # demoted while measuring: the new leader reports this target
         self._durations.labels(key[0]).observe(result.duration)
         try:
             self.store.record(result)
@@ -216,7 +233,12 @@ class Agent:
         # the previous one still hangs (added to APScheduler's max-instances skips).
         skipped = out.setdefault("opsagent_scheduler_skipped_runs_total", {})
         timeouts = out.setdefault("opsagent_check_timeouts_total", {})
+        for standby in self.standby_keys():  # a standby exports nothing for the leader's targets
+            for per_key in out.values():
+                per_key.pop(standby, None)
         for key, runner in self.runners.items():
+            if key in self.shared and not self.fleet.runs_shared():
+                continue
             if runner.skipped_total:
                 skipped[key] = skipped.get(key, 0) + runner.skipped_total
             if runner.abandoned_total:
@@ -226,6 +248,68 @@ class Agent:
     def _context(self, check: str, target: str) -> dict[str, Any]:
         runner = self.runners.get((check, target))
         return dict(runner.context()) if runner is not None else {}
+
+    # -- the fleet -----------------------------------------------------------------------------
+
+    def _on_role(self, role: str, previous: str | None) -> None:
+        """Run the shared targets as leader or orphan; otherwise stand by: no job, no connection, no series.
+
+        Alert state follows the checks: a new leader adopts the stored hand-over state (another agent led
+        before it); an agent that merely lost sight of the lock keeps its own, to resume it as an orphan.
+        """
+        if not self.shared:
+            return
+        if role in ("leader", "orphan"):
+            states: list[dict[str, Any]] | None = None
+            if role == "leader" and previous in (None, "standby", "detached"):
+                states = self.fleet.adopted_states()
+            if states is None and previous == "detached":
+                states = self._detached_states
+            self._detached_states = None
+            adopted = None if states is None else self.pipeline.adopt_states(self.shared, states)
+            log.info("fleet_targets_taken_over", role=role, targets=len(self.shared), alert_states=adopted)
+            now = datetime.now(self.scheduler.timezone)
+            for i, key in enumerate(sorted(self.shared)):
+                self._modify_job(key, next_run_time=now + timedelta(seconds=min(1.0, len(self.shared) / 100)
+                                                                    * i / len(self.shared)))
+            return
+        if role == "detached" and previous != "standby":
+            self._detached_states = self.pipeline.export_states(self.shared)
+        elif role == "standby":
+            self._detached_states = None
+        for key in self.shared:
+            self._modify_job(key, next_run_time=None)
+            self.store.forget(*key)
+            self._pending_first.discard(key)
+            threading.Thread(target=self.runners[key].close, name="fleet-standby-close", daemon=True).start()
+        self.pipeline.release_states(self.shared)
+        if not self._pending_first and not self.ready.is_set():
+            self.ready.set()
+            log.info("first_round_complete", targets=len(self.runners) - len(self.shared))
+
+    def _modify_job(self, key: tuple[str, str], next_run_time: datetime | None) -> None:
+        job_id = f"check:{key[0]}:{key[1]}"
+        try:
+            if next_run_time is None:
+                self.scheduler.pause_job(job_id)
+            else:
+                self.scheduler.modify_job(job_id, next_run_time=next_run_time)
+        except Exception as exc:  # noqa: BLE001 - a stopping scheduler has no jobs left to move
+            log.debug("fleet_job_not_moved", job=job_id, error=describe_error(exc))
+
+    def _publish_fleet_state(self, result: CheckResult) -> None:
+        if result.key in self.shared:
+            self.fleet.publish(self.pipeline.export_states(self.shared))
+
+    def standby_keys(self) -> frozenset[tuple[str, str]]:
+        """The shared targets another agent checks now (all of them while this one does not lead)."""
+        return frozenset() if not self.shared or self.fleet.runs_shared() else self.shared
+
+    def standby(self, check: str, target: str) -> str | None:
+        """For a target on standby: the agent id that checks it ("" while no leader is known), else None."""
+        if (check, target) not in self.standby_keys() or not self.fleet.decided.is_set():
+            return None  # not shared, led here, or the first election is still under way (pending)
+        return self.fleet.leader_id() or ""
 
     # -- health --------------------------------------------------------------------------------
 
@@ -247,6 +331,7 @@ class Agent:
         self.pipeline.start()
         self._schedule()
         self.scheduler.start()
+        self.fleet.start()
         log.info("agent_started", agent=self.settings.agent.name, listen=self.http.address, targets=len(self.runners),
                  backups=self.backup is not None)
 
@@ -262,6 +347,9 @@ class Agent:
         """Stop everything within STOP_BUDGET_SECONDS, however stuck a target is."""
         self._stop.set()
         started = time.monotonic()
+        if self.fleet.is_leader() and self.shared:
+            self.fleet.publish(self.pipeline.export_states(self.shared))
+        self.fleet.stop()  # released at once: a survivor takes over without waiting out the lease
         for runner in self.runners.values():
             runner.wake()
         if self.scheduler.running:
@@ -330,8 +418,11 @@ class AgentWebView:
         return self._page
 
     def health(self) -> Health:
-        ok, reason = self._agent.health()
-        return Health(healthy=ok, reason=reason, ready=self._agent.ready.is_set(), started_at=self._agent.started_at)
+        agent = self._agent
+        ok, reason = agent.health()
+        return Health(healthy=ok, reason=reason, ready=agent.ready.is_set(), started_at=agent.started_at,
+                      agent_id=agent.agent_id, fleet_leader=agent.fleet.is_leader(), fleet_lock=agent.fleet.mechanism,
+                      fleet_role=agent.fleet.role)
 
     def metrics(self, accept: str, gzip_ok: bool) -> MetricsBody:
         exposition = self._agent.exposition
@@ -348,6 +439,11 @@ class AgentWebView:
         for kind, name in agent.runners:
             interval = agent._targets[(kind, name)].interval
             result = agent.store.get(kind, name)
+            checked_by = agent.standby(kind, name)
+            if checked_by is not None:  # a fleet standby: the leader checks this shared target
+                rows.append(CheckRow(check=kind, target=name, interval_seconds=interval, state="standby",
+                                     checked_by=checked_by))
+                continue
             if result is None:
                 rows.append(CheckRow(check=kind, target=name, interval_seconds=interval, state="pending"))
                 continue

@@ -65,3 +65,9 @@ class ResultStore:
     def get(self, check: str, target: str) -> CheckResult | None:
         with self._lock:
             return self._latest.get((check, target))
+
+    def forget(self, check: str, target: str) -> None:
+        """Drop a target's latest result (a fleet standby: another agent reports it now)."""
+        with self._lock:
+            if self._latest.pop((check, target), None) is not None:
+                self.version += 1

@@ -231,9 +231,16 @@ def _checks(snap: Snapshot) -> str:
             f"<td class='num' data-label='value'>{e(value)}</td><td class='num' data-label='threshold'>{e(threshold)}</td>"
             f"<td data-label='last hour'>{trend}</td><td data-label='alarm'>{_runbook(r.alert)}</td>"
             f"<td data-label='last run'>{last}</td><td class='text' data-label='source'>{e(r.source or '')}</td>"
-            f"<td class='text' data-label='error'>{e(r.error or '')}</td></tr>")
+            f"<td class='text' data-label='error'>{e(r.error or _standby_note(r))}</td></tr>")
     out.append("</tbody></table></section>")
     return "".join(out)
+
+
+def _standby_note(r: CheckRow) -> str:
+    """Who checks a standby target: the fleet leader (SPEC §9.6)."""
+    if r.state != "standby":
+        return ""
+    return f"standby (checked by {r.checked_by or 'no leader yet'})"
 
 
 # -- delivery -------------------------------------------------------------------------------------

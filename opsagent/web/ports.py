@@ -41,6 +41,10 @@ class Health:
     reason: str
     ready: bool
     started_at: float
+    agent_id: str = ""  # this process in the fleet
+    fleet_leader: bool = True  # alone, or holding the fleet lock
+    fleet_lock: str | None = None  # the lock mechanism (postgres, dynamodb) or None without one
+    fleet_role: str = "alone"
 
 
 @dataclass(frozen=True)
@@ -80,11 +84,14 @@ class CheckRow:
     details: Mapping[str, Any] = field(default_factory=dict)
     last_ok_at: float | None = None  # the newest run that answered (shown for a down target)
     trend: tuple[TrendPoint, ...] = ()  # the last hour, oldest first (page only, not in /status)
+    checked_by: str | None = None  # standby: the fleet leader's agent id that checks this shared target
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"check": self.check, "target": self.target, "interval_seconds": self.interval_seconds,
                                "up": self.up, "value": self.value, "state": self.state, "last_run": self.last_run,
                                "error": self.error, "last_ok_at": self.last_ok_at}
+        if self.state == "standby":
+            doc["checked_by"] = self.checked_by or None
         if self.up is not None:
             doc.update({"threshold": self.threshold, "alert": self.alert, "breached": self.breached,
                         "duration_seconds": self.duration_seconds, "source": self.source,
