@@ -201,6 +201,12 @@ def sqs_arn(queue_url: str, partition: str = "aws") -> str:
     return f"arn:{partition}:sqs:{host[1]}:{path[0]}:{path[1]}"
 
 
+def _fleet_lease_table(s: Scope) -> list[str]:
+    """The DynamoDB lease of the fleet (``agent.fleet_lock_table``), when the fleet elects its leader there."""
+    table = s.settings.agent.fleet_lock_table
+    return [s.arn("dynamodb", s.settings.agent.region, f"table/{table}")] if table else []
+
+
 Builder = Callable[[Scope], list[str]]
 
 # Sid -> how its resources come from the config. Sids not listed keep their template resources.
@@ -221,6 +227,9 @@ RESOURCES: dict[str, Builder] = {
     "AlertsToSns": _sns,
     "MetricsRead": _metrics,
     "QueuesRead": _queues,
+    "FleetLeaseTable": _fleet_lease_table,
+    # FleetDiscoverTask / FleetDiscoverSecrets stay as the template has them: `opsagent discover` runs in the
+    # sidecar's own task, with its task role, before any config names a resource.
 }
 
 
