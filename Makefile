@@ -29,7 +29,7 @@ services:
 	scripts/ensure-services.sh
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check opsagent tests benchmarks
+	$(BIN)/ruff check opsagent opsagent_testing tests benchmarks
 
 test: $(VENV)/.dev services lint
 	$(BIN)/pytest -q

@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     work = h.workdir()
     names = args.only or list(FIGURES)
 
-    from tests.fixtures.pgbouncer import PgBouncerServer
-    from tests.fixtures.servers import PostgresServer, RedisServer
+    from opsagent_testing.pgbouncer import PgBouncerServer
+    from opsagent_testing.servers import PostgresServer, RedisServer
 
     print(f"bench: {mode.name} mode, figures: {', '.join(names)}; work dir {work}", flush=True)
     pg = PostgresServer(max_connections=400, base=work,

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from benchmarks import harness as h
 from benchmarks.report import Row
-from tests.fixtures.servers import PostgresServer, pg_bin
+from opsagent_testing.servers import PostgresServer, pg_bin
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNBOOK = ROOT / "opsagent" / "runbooks" / "DisasterRecovery.md"

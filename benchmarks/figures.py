@@ -24,8 +24,8 @@ from benchmarks.backup_figures import FIGURES as BACKUP_FIGURES
 from benchmarks.fleet import figure_fleet
 from benchmarks.profile import PySpy, pyinstrument_start
 from benchmarks.report import Report, Row
-from tests.fixtures.pgbouncer import PgBouncerServer
-from tests.fixtures.servers import HangingServer, PostgresServer, RedisServer, pg_bin
+from opsagent_testing.pgbouncer import PgBouncerServer
+from opsagent_testing.servers import HangingServer, PostgresServer, RedisServer, pg_bin
 
 
 @dataclass
@@ -162,7 +162,7 @@ def _import_floor(work: Path) -> dict[str, float]:
 
 def figure_memory_aws(ctx: Ctx) -> None:
     """With backups to S3 (moto), a DR replica bucket and SNS configured: RSS after a backup run."""
-    from tests.fixtures.aws import MotoServer
+    from opsagent_testing.aws import MotoServer
 
     moto = MotoServer()
     try:
@@ -537,7 +537,7 @@ def figure_start(ctx: Ctx) -> None:
 def figure_detection(ctx: Ctx) -> None:
     import redis
 
-    from tests.fixtures.alertmanager import AlertmanagerServer
+    from opsagent_testing.alertmanager import AlertmanagerServer
 
     interval, for_ = 1.0, 2.0
     am = AlertmanagerServer().start()

@@ -15,8 +15,8 @@ from typing import Any
 
 from benchmarks import harness as h
 from benchmarks.report import Row
-from tests.faults.proxy import HttpFaultProxy
-from tests.fixtures.aws import MotoServer
+from opsagent_testing.aws import MotoServer
+from opsagent_testing.proxy import HttpFaultProxy
 
 AGENTS = (1, 3, 10)
 INTERVAL = 5.0

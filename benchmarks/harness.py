@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from tests.fixtures.servers import free_port, wait_for_port
+from opsagent_testing.servers import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

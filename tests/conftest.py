@@ -19,11 +19,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gate"))
 
 pytest_plugins = [
     "tests.fixtures.aws_audit",
-    "tests.fixtures.servers",
-    "tests.fixtures.aws",
-    "tests.fixtures.pgbouncer",
+    "opsagent_testing.servers",
+    "opsagent_testing.aws",
+    "opsagent_testing.pgbouncer",
     "tests.fixtures.agent",
-    "tests.fixtures.alertmanager",
+    "opsagent_testing.alertmanager",
     "tests.fixtures.backup",
     "tests.fixtures.browser",
 ]

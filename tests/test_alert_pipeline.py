@@ -17,8 +17,8 @@ from opsagent.alerts.pipeline import AlertPipeline
 from opsagent.config import Settings
 from opsagent.notify.worker import backoff_delay
 from opsagent.runtime.results import CheckResult
-from tests.fixtures.alertmanager import AlertmanagerServer, Receiver
-from tests.fixtures.servers import HangingServer
+from opsagent_testing.alertmanager import AlertmanagerServer, Receiver
+from opsagent_testing.servers import HangingServer
 
 
 def _settings(**notify: Any) -> Settings:

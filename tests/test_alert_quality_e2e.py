@@ -23,9 +23,9 @@ import yaml
 
 from opsagent.checks.redis import RedisCheck
 from opsagent.config import RedisTarget
+from opsagent_testing.alertmanager import AlertmanagerServer
+from opsagent_testing.servers import RedisServer, closed_port
 from tests.fixtures.agent import RunningAgent, poll
-from tests.fixtures.alertmanager import AlertmanagerServer
-from tests.fixtures.servers import RedisServer, closed_port
 from tests.test_check_error_rate import App
 
 Start = Callable[..., RunningAgent]

@@ -20,7 +20,7 @@ from opsagent.backup.engine import BackupEngine, primary_repository, replica_rep
 from opsagent.backup.manifest import Manifest, ObjectInfo, new_id
 from opsagent.backup.repository import Repository
 from opsagent.config import ConfigError, load_config
-from tests.fixtures.aws import MotoServer
+from opsagent_testing.aws import MotoServer
 from tests.fixtures.backup import SourceDb, backup_config, backup_settings, new_database
 
 # -- the codecs alone ----------------------------------------------------------------------------

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from opsagent.backup.engine import primary_repository
 from opsagent.config import load_config
+from opsagent_testing.servers import closed_port
 from tests.fixtures.backup import SourceDb, backup_config, slow_tools, write_config
-from tests.fixtures.servers import closed_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOT1 = datetime(2026, 11, 25, 14, 0, tzinfo=UTC)

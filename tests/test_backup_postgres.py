@@ -13,9 +13,9 @@ from opsagent import secrets
 from opsagent.backup import pgdump, pgtools
 from opsagent.backup.engine import BackupEngine, primary_repository, replica_repository
 from opsagent.backup.errors import ToolTooOld
-from tests.fixtures.aws import MotoServer
+from opsagent_testing.aws import MotoServer
+from opsagent_testing.servers import PostgresServer, closed_port
 from tests.fixtures.backup import SourceDb, backup_settings, new_database, table_dump
-from tests.fixtures.servers import PostgresServer, closed_port
 
 
 def test_backup_restores_into_fresh_database_with_identical_contents(tmp_path: Path, source_db: SourceDb) -> None:

@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 from opsagent.backup.schedule import current_slot
 from opsagent.backup.service import BackupService
 from opsagent.runtime.results import ResultStore
+from opsagent_testing.servers import closed_port
 from tests.fixtures.backup import SourceDb, backup_settings
-from tests.fixtures.servers import closed_port
 
 SLOT = datetime(2026, 11, 25, 14, 0, tzinfo=UTC)
 

@@ -15,7 +15,7 @@ from opsagent.checks.base import CheckError
 from opsagent.checks.bullmq import BullMQCheck
 from opsagent.config import BullMQTarget, ConfigError, Settings, load_config
 from opsagent.runtime.runner import TargetRunner
-from tests.fixtures.servers import HangingServer, RedisServer, closed_port
+from opsagent_testing.servers import HangingServer, RedisServer, closed_port
 
 
 @pytest.fixture(scope="module")

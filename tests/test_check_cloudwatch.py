@@ -17,8 +17,8 @@ from opsagent.checks.cloudwatch import Answer, CloudWatchCheck, MetricQuery, Reg
 from opsagent.config import CloudWatchTarget, Settings
 from opsagent.runtime.results import CheckResult
 from opsagent.runtime.runner import TargetRunner
+from opsagent_testing.servers import HangingServer, closed_port
 from tests.fixtures.down import assert_down_cleanly, down_beside_healthy, run_logged
-from tests.fixtures.servers import HangingServer, closed_port
 
 PERIOD = 300
 

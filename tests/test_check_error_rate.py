@@ -29,9 +29,9 @@ from opsagent.checks.error_rate import (
 )
 from opsagent.config import ErrorRateTarget
 from opsagent.runtime.runner import TargetRunner
-from tests.fixtures.aws import MotoServer
+from opsagent_testing.aws import MotoServer
+from opsagent_testing.servers import HangingServer, closed_port
 from tests.fixtures.down import assert_down_cleanly, down_beside_healthy, run_logged
-from tests.fixtures.servers import HangingServer, closed_port
 
 LB = "app/api-prod/50dc6c495c0c9188"
 

@@ -17,7 +17,7 @@ from opsagent.checks.http import HttpCheck
 from opsagent.config import HttpTarget, Settings
 from opsagent.runtime.results import CheckResult
 from opsagent.runtime.runner import TargetRunner
-from tests.fixtures.servers import HangingServer, closed_port
+from opsagent_testing.servers import HangingServer, closed_port
 from tests.fixtures.tls import HttpsServer, answer, make_ca_and_cert
 
 DAY = 86400.0

@@ -16,15 +16,15 @@ from opsagent.checks.pgbouncer import PgBouncerCheck
 from opsagent.checks.postgres import PostgresCheck
 from opsagent.config import PgBouncerTarget, PostgresTarget
 from opsagent.runtime.runner import TargetRunner
-from tests.fixtures.agent import poll_last as poll
-from tests.fixtures.down import assert_down_cleanly, down_beside_healthy, run_logged
-from tests.fixtures.pgbouncer import (
+from opsagent_testing.pgbouncer import (
     ADMIN_PASSWORD,
     APP_DB,
     APP_PASSWORD,
     PgBouncerServer,
 )
-from tests.fixtures.servers import HangingServer, closed_port
+from opsagent_testing.servers import HangingServer, closed_port
+from tests.fixtures.agent import poll_last as poll
+from tests.fixtures.down import assert_down_cleanly, down_beside_healthy, run_logged
 
 
 def target(dsn: str, timeout: str = "2s") -> PgBouncerTarget:

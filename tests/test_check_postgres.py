@@ -17,15 +17,15 @@ from opsagent.alerts.catalog import ALARMS
 from opsagent.checks.postgres import PostgresCheck
 from opsagent.config import PostgresTarget
 from opsagent.runtime.runner import TargetRunner
-from tests.fixtures.agent import poll_last as poll
-from tests.fixtures.down import assert_down_cleanly, down_beside_healthy, run_logged
-from tests.fixtures.servers import (
+from opsagent_testing.servers import (
     IS_ROOT,
     HangingServer,
     PostgresServer,
     closed_port,
     pg_bin,
 )
+from tests.fixtures.agent import poll_last as poll
+from tests.fixtures.down import assert_down_cleanly, down_beside_healthy, run_logged
 
 PASSWORD = "pg-Secret-9931"
 

@@ -9,8 +9,8 @@ import pytest
 from opsagent.checks.postgres import PostgresCheck
 from opsagent.config import PostgresTarget
 from opsagent.runtime.runner import TargetRunner
-from tests.faults.proxy import FaultProxy
-from tests.fixtures.servers import PostgresServer
+from opsagent_testing.proxy import FaultProxy
+from opsagent_testing.servers import PostgresServer
 
 
 def sessions(server: PostgresServer) -> int:

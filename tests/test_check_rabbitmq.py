@@ -15,10 +15,10 @@ from opsagent.checks.rabbitmq import RabbitMQCheck
 from opsagent.config import RabbitMQTarget, Settings
 from opsagent.runtime.results import CheckResult
 from opsagent.runtime.runner import TargetRunner
-from tests.faults.proxy import FaultProxy
+from opsagent_testing.proxy import FaultProxy
+from opsagent_testing.servers import HangingServer, closed_port
 from tests.fixtures.down import assert_down_cleanly, down_beside_healthy, run_logged
 from tests.fixtures.http_stub import StubServer
-from tests.fixtures.servers import HangingServer, closed_port
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
 

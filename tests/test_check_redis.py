@@ -21,14 +21,14 @@ from opsagent.checks.redis import (
 )
 from opsagent.config import RedisTarget
 from opsagent.runtime.runner import TargetRunner
-from tests.fixtures.down import assert_down_cleanly, down_beside_healthy, run_logged
-from tests.fixtures.servers import (
+from opsagent_testing.servers import (
     HangingServer,
     RedisServer,
     closed_port,
     free_port,
     wait_for_port,
 )
+from tests.fixtures.down import assert_down_cleanly, down_beside_healthy, run_logged
 
 PASSWORD = "redis-Secret-5521"
 

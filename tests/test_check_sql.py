@@ -13,10 +13,10 @@ from opsagent.checks.sql import SqlCheck
 from opsagent.config import Settings, SqlTarget
 from opsagent.runtime.results import CheckResult
 from opsagent.runtime.runner import TargetRunner
-from tests.faults.proxy import FaultProxy
+from opsagent_testing.proxy import FaultProxy
+from opsagent_testing.servers import HangingServer, PostgresServer, closed_port
 from tests.fixtures.backup import new_database
 from tests.fixtures.down import assert_down_cleanly, down_beside_healthy, run_logged
-from tests.fixtures.servers import HangingServer, PostgresServer, closed_port
 
 SCHEMA = """
 CREATE TABLE webhooks (id serial PRIMARY KEY, provider text, received_at timestamptz NOT NULL DEFAULT now());

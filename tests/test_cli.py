@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.fixtures.servers import closed_port
+from opsagent_testing.servers import closed_port
 
 
 def run(tmp_path: Path, config: dict[str, object], *args: str) -> subprocess.CompletedProcess[str]:

@@ -13,8 +13,8 @@ from pathlib import Path
 import requests
 import yaml
 
+from opsagent_testing.servers import HangingServer, free_port, refused_port
 from tests.fixtures.agent import RunningAgent, poll
-from tests.fixtures.servers import HangingServer, free_port, refused_port
 
 Start = Callable[..., RunningAgent]
 

@@ -20,8 +20,8 @@ import yaml
 
 from opsagent.alerts.catalog import ALARMS
 from opsagent.rules import SLO_ALARMS
-from tests.fixtures.alertmanager import AlertmanagerServer, PrometheusServer, _wait_http
-from tests.fixtures.servers import closed_port
+from opsagent_testing.alertmanager import AlertmanagerServer, PrometheusServer, _wait_http
+from opsagent_testing.servers import closed_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PROM_DIR = ROOT / "deploy" / "prometheus"

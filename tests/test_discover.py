@@ -13,7 +13,7 @@ import boto3
 import pytest
 import yaml
 
-from tests.fixtures.aws import MotoServer
+from opsagent_testing.aws import MotoServer
 from tests.fixtures.http_stub import StubServer
 
 DATA = Path(__file__).parent / "data"

@@ -16,6 +16,7 @@ from opsagent.backup.engine import BackupEngine, replica_repository
 from opsagent.backup.service import BackupService
 from opsagent.config import load_config
 from opsagent.runtime.results import ResultStore
+from opsagent_testing.servers import PostgresServer
 from tests.fixtures.backup import (
     SourceDb,
     backup_config,
@@ -23,7 +24,6 @@ from tests.fixtures.backup import (
     slow_tools,
     write_config,
 )
-from tests.fixtures.servers import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,11 +23,11 @@ import pytest
 import redis
 import requests
 
+from opsagent_testing.alertmanager import AlertmanagerServer, PrometheusServer
+from opsagent_testing.aws import MotoServer
+from opsagent_testing.pgbouncer import PgBouncerServer
+from opsagent_testing.servers import PostgresServer, RedisServer, free_port
 from tests.fixtures.agent import poll
-from tests.fixtures.alertmanager import AlertmanagerServer, PrometheusServer
-from tests.fixtures.aws import MotoServer
-from tests.fixtures.pgbouncer import PgBouncerServer
-from tests.fixtures.servers import PostgresServer, RedisServer, free_port
 
 PROFILE = Path(__file__).resolve().parent.parent / "deploy" / "examples" / "paypass.yaml"
 TOKEN = "e2e-admin-token-5150"

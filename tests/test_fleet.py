@@ -14,10 +14,10 @@ import pytest
 from opsagent.config import ConfigError, load_config
 from opsagent.runtime.fleet import Fleet, default_scope
 from opsagent.runtime.leases import DynamoLease
-from tests.faults.proxy import FaultProxy
+from opsagent_testing.aws import MotoServer
+from opsagent_testing.proxy import FaultProxy
+from opsagent_testing.servers import PostgresServer
 from tests.fixtures.agent import RunningAgent, make_settings, poll
-from tests.fixtures.aws import MotoServer
-from tests.fixtures.servers import PostgresServer
 
 LEASE = "3s"
 

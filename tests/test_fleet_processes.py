@@ -16,9 +16,9 @@ import pytest
 import requests
 import yaml
 
+from opsagent_testing.alertmanager import Receiver
+from opsagent_testing.servers import PostgresServer, free_port, wait_for_port
 from tests.fixtures.agent import poll
-from tests.fixtures.alertmanager import Receiver
-from tests.fixtures.servers import PostgresServer, free_port, wait_for_port
 
 INTERVAL = 2.0
 

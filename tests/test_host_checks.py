@@ -50,7 +50,7 @@ def test_ecs_memory_uses_working_set_against_container_limit(ecs_endpoint: StubS
 
 def test_ecs_endpoint_down_is_reported_down(monkeypatch: pytest.MonkeyPatch) -> None:
     """A dead metadata endpoint makes the check down with a clear error, not a crash."""
-    from tests.fixtures.servers import closed_port
+    from opsagent_testing.servers import closed_port
 
     monkeypatch.setenv("ECS_CONTAINER_METADATA_URI_V4", f"http://127.0.0.1:{closed_port()}/v4/x")
     runner = TargetRunner("memory", "task", lambda: MemoryCheck(HostTarget()), deadline=5)

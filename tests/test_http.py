@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from opsagent_testing.servers import HangingServer, PostgresServer, closed_port
 from tests.fixtures.agent import RunningAgent, poll
-from tests.fixtures.servers import HangingServer, PostgresServer, closed_port
 
 Start = Callable[..., RunningAgent]
 

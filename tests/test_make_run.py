@@ -10,8 +10,8 @@ from pathlib import Path
 
 import requests
 
+from opsagent_testing.servers import free_port
 from tests.fixtures.agent import poll
-from tests.fixtures.servers import free_port
 
 LOCAL = Path(__file__).resolve().parent.parent / "deploy" / "local.yaml"
 

@@ -83,7 +83,7 @@ def test_check_durations_land_in_the_real_histogram(tmp_path: Path) -> None:
 
 def test_a_real_prometheus_scrapes_the_openmetrics_body(start_agent: Start) -> None:
     """Prometheus (which asks for OpenMetrics first) scrapes the agent without a parse error and stores counters and process_*."""
-    from tests.fixtures.alertmanager import PrometheusServer
+    from opsagent_testing.alertmanager import PrometheusServer
 
     a = start_agent({"checks": {"redis": [{"name": "cache", "url": "redis://127.0.0.1:6379/0", "interval": "1s"}]}})
     poll(lambda: a.get("/readyz").status_code == 200)

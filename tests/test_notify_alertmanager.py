@@ -9,7 +9,7 @@ from typing import Any
 from opsagent.alerts.pipeline import AlertPipeline
 from opsagent.config import Settings
 from opsagent.runtime.results import CheckResult
-from tests.fixtures.alertmanager import AlertmanagerServer
+from opsagent_testing.alertmanager import AlertmanagerServer
 
 
 def _settings(am_url: str, name: str = "api-sidecar", repeat: str = "5m") -> Settings:

@@ -13,8 +13,8 @@ from opsagent.alerts.pipeline import AlertPipeline
 from opsagent.config import Settings
 from opsagent.notify.base import DeliveryError, post_json
 from opsagent.runtime.results import CheckResult
-from tests.fixtures.alertmanager import Receiver
-from tests.fixtures.aws import MotoServer
+from opsagent_testing.alertmanager import Receiver
+from opsagent_testing.aws import MotoServer
 
 
 def _settings(**notify: Any) -> Settings:

@@ -6,8 +6,8 @@ import psycopg
 
 from opsagent.backup import pgstats
 from opsagent.backup.manifest import TableStats
+from opsagent_testing.servers import PostgresServer
 from tests.fixtures.backup import new_database
-from tests.fixtures.servers import PostgresServer
 
 SCHEMA = """
 CREATE TABLE a_doc (id int, body json, at timestamptz, span interval, raw bytea);

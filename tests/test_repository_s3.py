@@ -14,7 +14,7 @@ from opsagent.backup.engine import replicate
 from opsagent.backup.errors import ChecksumMismatch
 from opsagent.backup.manifest import Manifest, ObjectInfo, new_id
 from opsagent.backup.repository import PART_SIZE, S3Repository, open_repository
-from tests.fixtures.aws import MotoServer
+from opsagent_testing.aws import MotoServer
 
 PRIMARY = "opsagent-primary"
 REPLICA = "opsagent-replica"

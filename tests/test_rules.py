@@ -172,7 +172,7 @@ def test_a_real_prometheus_fires_the_exported_rules_on_agent_metrics(prometheus_
     """A private Prometheus scraping agent-style metrics with the exported rules loaded fires the alert."""
     from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-    from tests.fixtures.servers import free_port
+    from opsagent_testing.servers import free_port
 
     registry = CollectorRegistry()
     Gauge("opsagent_check_value", "v", ["check", "target"], registry=registry).labels("cpu", "task").set(0.9)

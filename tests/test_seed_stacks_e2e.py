@@ -23,10 +23,10 @@ import pika
 import pytest
 import yaml
 
+from opsagent_testing.alertmanager import AlertmanagerServer
+from opsagent_testing.servers import PostgresServer
 from tests.fixtures.agent import RunningAgent, poll
-from tests.fixtures.alertmanager import AlertmanagerServer
 from tests.fixtures.backup import new_database
-from tests.fixtures.servers import PostgresServer
 from tests.fixtures.tls import HttpsServer, answer, make_ca_and_cert
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "deploy" / "examples"

@@ -415,8 +415,8 @@ def _contrast(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
 def test_a_real_agent_page_leads_with_its_down_target_on_a_phone(start_agent: Any, new_page: Any,
                                                                  tmp_path: Path) -> None:
     """A running agent with an unreachable Redis shows it first, as down, on a 400 px screen without sideways scrolling."""
+    from opsagent_testing.servers import closed_port
     from tests.fixtures.agent import poll
-    from tests.fixtures.servers import closed_port
 
     a = start_agent({"checks": {"redis": [{"name": "gone", "url": f"redis://127.0.0.1:{closed_port()}/0",
                                            "interval": "1s"}]}})

@@ -21,8 +21,8 @@ import pytest
 import requests
 import yaml
 
+from opsagent_testing.servers import free_port
 from tests.fixtures.agent import poll
-from tests.fixtures.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,10 +23,10 @@ import yaml
 from opsagent.backup.engine import BackupEngine
 from opsagent.backup.snapshots import SnapshotManager, snapshot_id
 from opsagent.config import Settings, load_config
+from opsagent_testing.aws import MotoServer
+from opsagent_testing.proxy import HttpFaultProxy
 from tests.faults.evidence import ADMIN_TOKEN, PG_PASSWORD, figure, record
-from tests.faults.proxy import HttpFaultProxy
 from tests.fixtures.agent import RunningAgent, poll
-from tests.fixtures.aws import MotoServer
 from tests.fixtures.backup import SourceDb
 
 PRIMARY_BUCKET = "acme-backups"

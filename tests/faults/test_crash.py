@@ -31,12 +31,12 @@ from opsagent.backup.repository import open_repository
 from opsagent.backup.service import BackupService
 from opsagent.config import Settings, load_config
 from opsagent.runtime.results import ResultStore
+from opsagent_testing.aws import MotoServer
+from opsagent_testing.proxy import HttpFaultProxy, Rule
+from opsagent_testing.servers import PostgresServer, free_port, pg_bin
 from tests.faults.evidence import ADMIN_TOKEN, PG_PASSWORD, record
-from tests.faults.proxy import HttpFaultProxy, Rule
 from tests.fixtures.agent import poll
-from tests.fixtures.aws import MotoServer
 from tests.fixtures.backup import SourceDb
-from tests.fixtures.servers import PostgresServer, free_port, pg_bin
 
 PRIMARY, REPLICA = "crash-primary", "crash-replica"
 

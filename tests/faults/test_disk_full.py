@@ -19,11 +19,11 @@ import pytest
 import requests
 
 from opsagent.backup.repository import open_repository
+from opsagent_testing.alertmanager import Receiver
+from opsagent_testing.servers import closed_port
 from tests.faults.evidence import ADMIN_TOKEN, PG_PASSWORD, SLACK_PATH, record, records
 from tests.fixtures.agent import RunningAgent, poll
-from tests.fixtures.alertmanager import Receiver
 from tests.fixtures.backup import SourceDb
-from tests.fixtures.servers import closed_port
 
 
 class SmallDisk:

@@ -8,9 +8,9 @@ from typing import Any
 
 import psycopg
 
-from tests.faults.proxy import FaultProxy
+from opsagent_testing.proxy import FaultProxy
+from opsagent_testing.servers import PostgresServer
 from tests.fixtures.agent import RunningAgent, poll
-from tests.fixtures.servers import PostgresServer
 
 TARGETS = 4
 FLAPS = ("blackhole", "pass", "reset", "pass", "refuse", "pass", "delay", "pass")

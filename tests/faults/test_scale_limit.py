@@ -16,8 +16,8 @@ import yaml
 
 from opsagent.config import ConfigError, load_config
 from opsagent.config.models import MAX_TARGETS
+from opsagent_testing.servers import HangingServer, closed_port, free_port
 from tests.fixtures.agent import poll
-from tests.fixtures.servers import HangingServer, closed_port, free_port
 
 HANGING = 12
 

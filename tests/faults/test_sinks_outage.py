@@ -17,6 +17,8 @@ from typing import Any
 from opsagent.alerts.pipeline import AlertPipeline
 from opsagent.config import load_config
 from opsagent.runtime.results import CheckResult
+from opsagent_testing.alertmanager import AlertmanagerServer, Receiver
+from opsagent_testing.proxy import FaultProxy
 from tests.faults.evidence import (
     PAGERDUTY_KEY,
     PG_PASSWORD,
@@ -24,9 +26,7 @@ from tests.faults.evidence import (
     SLACK_PATH,
     record,
 )
-from tests.faults.proxy import FaultProxy
 from tests.fixtures.agent import poll
-from tests.fixtures.alertmanager import AlertmanagerServer, Receiver
 
 STEP = 15.0
 

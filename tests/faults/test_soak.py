@@ -27,6 +27,9 @@ import pytest
 import requests
 import yaml
 
+from opsagent_testing.alertmanager import Receiver
+from opsagent_testing.proxy import FaultProxy
+from opsagent_testing.servers import PostgresServer, RedisServer, free_port
 from tests.faults.evidence import (
     PG_PASSWORD,
     REDIS_PASSWORD,
@@ -34,10 +37,7 @@ from tests.faults.evidence import (
     figure,
     record,
 )
-from tests.faults.proxy import FaultProxy
 from tests.fixtures.agent import poll
-from tests.fixtures.alertmanager import Receiver
-from tests.fixtures.servers import PostgresServer, RedisServer, free_port
 
 SOAK_SECONDS = float(os.environ.get("OPSAGENT_SOAK_SECONDS", "240"))
 WARMUP_SECONDS = 45.0

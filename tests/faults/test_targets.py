@@ -25,6 +25,10 @@ import yaml
 
 from opsagent.config import load_config
 from opsagent.runtime.agent import build_runners
+from opsagent_testing.alertmanager import Receiver
+from opsagent_testing.pgbouncer import PgBouncerServer
+from opsagent_testing.proxy import FaultProxy
+from opsagent_testing.servers import PostgresServer, RedisServer, free_port
 from tests.faults.evidence import (
     BOUNCER_PASSWORD,
     PG_PASSWORD,
@@ -34,12 +38,8 @@ from tests.faults.evidence import (
     record,
     records,
 )
-from tests.faults.proxy import FaultProxy
 from tests.fixtures import pgbouncer as pgb
 from tests.fixtures.agent import RunningAgent, poll
-from tests.fixtures.alertmanager import Receiver
-from tests.fixtures.pgbouncer import PgBouncerServer
-from tests.fixtures.servers import PostgresServer, RedisServer, free_port
 
 FAULT_MODES = ("refuse", "reset", "garbage", "blackhole", "delay")
 

@@ -26,6 +26,8 @@ import pytest
 import requests
 import yaml
 
+from opsagent_testing.alertmanager import Receiver
+from opsagent_testing.servers import closed_port, free_port
 from tests.faults.evidence import (
     ADMIN_TOKEN,
     BOUNCER_PASSWORD,
@@ -39,8 +41,6 @@ from tests.faults.evidence import (
     records,
 )
 from tests.fixtures.agent import poll
-from tests.fixtures.alertmanager import Receiver
-from tests.fixtures.servers import closed_port, free_port
 
 
 class SentryStub:
