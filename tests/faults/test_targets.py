@@ -25,6 +25,7 @@ import yaml
 
 from opsagent.config import load_config
 from opsagent.runtime.agent import build_runners
+from opsagent_testing import pgbouncer as pgb
 from opsagent_testing.alertmanager import Receiver
 from opsagent_testing.pgbouncer import PgBouncerServer
 from opsagent_testing.proxy import FaultProxy
@@ -38,7 +39,6 @@ from tests.faults.evidence import (
     record,
     records,
 )
-from tests.fixtures import pgbouncer as pgb
 from tests.fixtures.agent import RunningAgent, poll
 
 FAULT_MODES = ("refuse", "reset", "garbage", "blackhole", "delay")
