@@ -1,8 +1,9 @@
-"""Where the pure engine meets the disk and the sinks.
+"""Where the pure engine meets the disk and the sinks: evaluate -> state -> dispatch.
 
 ``on_result`` evaluates under a lock (pure, fast), persists the alert state
-atomically and appends every transition to each configured sink's durable
-outbox; one worker thread per sink drains its own outbox. Context for the
+(:mod:`opsagent.alerts.state`) and hands every transition, rendered as a typed
+message, to the :class:`~opsagent.notify.dispatch.Dispatcher` (durable
+per-sink outboxes, one worker per sink, repeats by sink capability). Context for the
 responder (top connection holders, worst pools…) is gathered on the transition
 to firing only, outside the lock and with a deadline, so a slow target never
 holds up other targets' evaluation.
@@ -15,7 +16,6 @@ the resolution later.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -36,22 +36,30 @@ from opsagent.alerts.engine import (
     evaluate_result,
 )
 from opsagent.alerts.history import AlertEvent, AlertHistory
-from opsagent.alerts.render import Identity, alert_payload, fingerprint, labels_for
+from opsagent.alerts.render import (
+    NO_COMPLETE_BACKUP,
+    Identity,
+    alert_message,
+    fingerprint,
+    labels_for,
+    watchdog_message,
+)
+from opsagent.alerts.state import STATE_FILE, AlertStateFile, SavedState, StateKey
 from opsagent.config import Settings
 from opsagent.notify.base import Sink
+from opsagent.notify.dispatch import Dispatcher
+from opsagent.notify.message import FIRING, RESOLVED, AlertMessage
 from opsagent.notify.outbox import Outbox
 from opsagent.notify.stats import SinkStats
 from opsagent.notify.worker import DeliveryWorker
 from opsagent.runtime.results import CheckResult
-from opsagent.textio import atomic_write
 
 log = structlog.get_logger("opsagent.alerts")
 
-STATE_FILE = "alerts.json"
 CONTEXT_TIMEOUT = 5.0  # seconds a context callback may take before the page goes out without it
 
 ContextFn = Callable[[str, str], Mapping[str, Any]]
-StateKey = tuple[str, str, str]
+__all__ = ["STATE_FILE", "AlertPipeline", "build_sinks", "engine_config", "identity"]
 
 
 def engine_config(settings: Settings) -> EngineConfig:
@@ -74,7 +82,7 @@ def identity(settings: Settings) -> Identity:
 
 
 def build_sinks(settings: Settings) -> list[Sink]:
-    """Every configured sink, Alertmanager first (it alone gets repeat sends)."""
+    """Every configured sink (each says itself whether it needs repeats and resolutions)."""
     from opsagent.notify.alertmanager import AlertmanagerSink
     from opsagent.notify.pagerduty import PagerDutySink
     from opsagent.notify.sentry import SentrySink
@@ -97,13 +105,15 @@ def build_sinks(settings: Settings) -> list[Sink]:
 
 
 def _reason(result: CheckResult) -> str | None:
-    """Why a result is bad, for the page: the run's error, else a synthetic result's ``details["error"]``."""
+    """Why a result is bad, for the page: the run's error, else a synthetic result's ``details["error"]``.
+
+    The backup subsystem's ``backup`` result with ``details["newest"] is None`` means no complete
+    backup exists at all; BackupStale says exactly that instead of quoting an age.
+    """
     raw = result.error or result.details.get("error")
+    if not raw and result.check == "backup" and "newest" in result.details and result.details["newest"] is None:
+        return NO_COMPLETE_BACKUP
     return secrets.scrub(str(raw))[:500] if raw else None
-
-
-def _key_text(key: StateKey) -> str:
-    return "|".join(key)
 
 
 class AlertPipeline:
@@ -123,59 +133,40 @@ class AlertPipeline:
         self._lock = threading.RLock()
         self._states: dict[StateKey, AlertState] = {}
         self._contexts: dict[StateKey, dict[str, Any]] = {}
-        self._repeat_sent: dict[StateKey, float] = {}
         self._up: dict[tuple[str, str], bool] = {}
+        self._started_at = clock()
         self.sinks = build_sinks(settings)
-        self.outboxes = {s.name: Outbox(self.state_dir / "outbox" / s.name) for s in self.sinks}
-        # Messages an outbox could not take (disk full): kept in order, retried by every tick.
-        self._unsent: dict[str, list[dict[str, Any]]] = {s.name: [] for s in self.sinks}
-        self.workers = {
-            s.name: DeliveryWorker(s, self.outboxes[s.name], clock=clock, backoff_base=backoff_base,
-                                   backoff_cap=backoff_cap)
-            for s in self.sinks
-        }
+        self.dispatch = Dispatcher(self.sinks, self.state_dir, repeat_interval=self.repeat_interval, clock=clock,
+                                   backoff_base=backoff_base, backoff_cap=backoff_cap)
+        self._file = AlertStateFile(self.state_dir)
         self._history = AlertHistory(self.state_dir)
         self._load()
         self._reconcile()
+
+    @property
+    def outboxes(self) -> dict[str, Outbox]:
+        return self.dispatch.outboxes
+
+    @property
+    def workers(self) -> dict[str, DeliveryWorker]:
+        return self.dispatch.workers
 
     # -- persistence -----------------------------------------------------------------------------
 
     @property
     def state_path(self) -> Path:
-        return self.state_dir / STATE_FILE
+        return self._file.path
 
     def _load(self) -> None:
-        try:
-            data = json.loads(self.state_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.error("alert_state_unreadable", path=str(self.state_path), error=secrets.scrub(str(exc)))
-            return
-        for raw in data.get("alerts", []):
-            try:
-                state = AlertState.from_dict(raw)
-            except (TypeError, ValueError):
-                continue
-            if state.alertname in ALARMS:
-                self._states[state.key] = state
-        for text, ctx in (data.get("contexts") or {}).items():
-            key = tuple(text.split("|", 2))
-            if len(key) == 3:
-                self._contexts[key] = ctx  # type: ignore[index]
-        log.info("alert_state_loaded", firing=sum(s.phase is Phase.FIRING for s in self._states.values()),
-                 pending=sum(s.phase is Phase.PENDING for s in self._states.values()))
+        saved = self._file.load(ALARMS)
+        self._states.update(saved.states)
+        self._contexts.update(saved.contexts)
+        if saved.states:
+            log.info("alert_state_loaded", firing=sum(s.phase is Phase.FIRING for s in self._states.values()),
+                     pending=sum(s.phase is Phase.PENDING for s in self._states.values()))
 
     def _save(self) -> None:
-        data = {
-            "version": 1,
-            "alerts": [s.to_dict() for s in self._states.values() if s.active or s.unknown],
-            "contexts": {_key_text(k): v for k, v in self._contexts.items()},
-        }
-        try:
-            atomic_write(self.state_path, json.dumps(data, sort_keys=True, default=str).encode())
-        except OSError as exc:  # disk full: keep evaluating and paging; the next save retries
-            log.error("alert_state_write_failed", path=str(self.state_path), error=secrets.scrub(str(exc)))
+        self._file.save(SavedState(dict(self._states), dict(self._contexts)))
 
     def _reconcile(self) -> None:
         """After a restart: page what was never queued; resolve what config no longer alarms on."""
@@ -227,7 +218,6 @@ class AlertPipeline:
                     firing.append(t)
                 elif t.state.notified:  # never resolve a page that was never sent
                     self._enqueue(t, self._contexts.pop(t.state.key, None))
-                    self._repeat_sent.pop(t.state.key, None)
                 else:
                     self._contexts.pop(t.state.key, None)
             after = {s.key: self._persisted_view(s) for s in new_states}
@@ -258,7 +248,6 @@ class AlertPipeline:
     def _mark_notified(self, key: StateKey) -> None:
         state = self._states[key]
         self._states[key] = AlertState.from_dict({**state.to_dict(), "notified": True})
-        self._repeat_sent[key] = self.clock()
 
     def _gather_context(self, check: str, target: str) -> dict[str, Any]:
         """Call the context callback with a deadline; a failure or timeout just means no context."""
@@ -284,11 +273,10 @@ class AlertPipeline:
         return secrets.scrub_any(box.get("value", {}))  # type: ignore[no-any-return]
 
     def _enqueue(self, t: Transition, context: Mapping[str, Any] | None = None) -> None:
-        payload = alert_payload(t.state, t.kind, self.ident, at=t.at, context=context)
-        self._remember(t, payload["annotations"]["description"])
-        for name in self.outboxes:
-            self._unsent[name].append(payload)
-            self._flush(name)
+        status = FIRING if t.kind == "firing" else RESOLVED
+        message = alert_message(t.state, status, self.ident, at=t.at, context=context)
+        self._remember(t, message.annotations["description"])
+        self.dispatch.send(message)
 
     def _remember(self, t: Transition, description: str) -> None:
         """Every page that goes out (fired or resolved) joins the history the status page shows."""
@@ -297,61 +285,33 @@ class AlertPipeline:
         self._history.record(AlertEvent(
             at=t.at, kind="fired" if t.kind == "firing" else "resolved", alertname=s.alertname, check=s.check,
             target=s.target, severity=s.severity,
-            since=s.pending_since if t.kind == "firing" else fired_at,
+            since=s.pending_since if s.pending_since is not None else fired_at,
             duration_seconds=(t.at - fired_at) if t.kind == "resolved" and fired_at is not None else None,
             description=description.split("\n", 1)[0]))
-
-    def _flush(self, name: str) -> bool:
-        """Hand this sink's held-back messages to its outbox, oldest first; False while the disk refuses them."""
-        unsent = self._unsent[name]
-        while unsent:
-            try:
-                self.outboxes[name].put(unsent[0])
-            except OSError as exc:
-                log.error("alert_outbox_write_failed", sink=name, waiting=len(unsent), error=secrets.scrub(str(exc)))
-                return False
-            unsent.pop(0)
-        return True
 
     # -- delivery --------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start one delivery worker per configured sink."""
-        for worker in self.workers.values():
-            worker.start()
+        self.dispatch.start()
 
     def stop(self, timeout: float) -> None:
         """Stop the workers; returns within ``timeout`` even if a sink hangs (undelivered messages stay on disk)."""
-        deadline = time.monotonic() + timeout
-        for worker in self.workers.values():
-            worker.request_stop()
-        for name, worker in self.workers.items():
-            if not worker.join(deadline - time.monotonic()):
-                log.warning("notify_worker_still_busy", sink=name)
+        self.dispatch.stop(timeout)
         with self._lock:
             self._save()
 
     def tick(self) -> None:
-        """Re-send firing alerts to Alertmanager every ``notify.repeat_interval`` (it forgets unrefreshed alerts)."""
+        """Retry held-back messages; re-send firing alerts and the Watchdog to sinks that forget (Alertmanager)."""
+        self.dispatch.tick(self._firing_messages, self._watchdog)
+
+    def _firing_messages(self, now: float) -> list[AlertMessage]:
         with self._lock:
-            for name in self._unsent:
-                self._flush(name)
-        outbox = self.outboxes.get("alertmanager")
-        if outbox is None:
-            return
-        now = self.clock()
-        with self._lock:
-            if len(outbox) or self._unsent["alertmanager"]:
-                return  # still delivering: the queue already carries fresh state, don't pile up repeats
-            due = [s for k, s in self._states.items()
-                   if s.phase is Phase.FIRING and s.notified
-                   and now - self._repeat_sent.get(k, 0.0) >= self.repeat_interval]
-            if not due:
-                return
-            alerts = [alert_payload(s, "firing", self.ident, at=now, context=self._contexts.get(s.key)) for s in due]
-            outbox.put({"status": "repeat", "alerts": alerts})
-            for s in due:
-                self._repeat_sent[s.key] = now
+            return [alert_message(s, FIRING, self.ident, at=now, context=self._contexts.get(s.key))
+                    for s in self._states.values() if s.phase is Phase.FIRING and s.notified]
+
+    def _watchdog(self, now: float) -> AlertMessage:
+        return watchdog_message(self.ident, started_at=self._started_at, at=now)
 
     # -- views -----------------------------------------------------------------------------------
 
@@ -363,17 +323,17 @@ class AlertPipeline:
         now = self.clock()
         out = []
         for s in sorted(states, key=lambda s: (s.phase is not Phase.FIRING, s.alertname, s.check, s.target)):
-            payload = alert_payload(s, "firing", self.ident, at=now, context=contexts.get(s.key))
+            message = alert_message(s, FIRING, self.ident, at=now, context=contexts.get(s.key))
             out.append({
                 "alertname": s.alertname,
                 "state": s.phase.value,
-                "labels": payload["labels"],
-                "annotations": payload["annotations"],
+                "labels": dict(message.labels),
+                "annotations": dict(message.annotations),
                 "value": s.value,
                 "threshold": s.threshold,
                 "severity": s.severity,
-                "since": s.firing_since if s.phase is Phase.FIRING else s.pending_since,
-                "fingerprint": payload["fingerprint"],
+                "since": s.pending_since if s.pending_since is not None else s.firing_since,
+                "fingerprint": message.fingerprint,
                 "check": s.check,
                 "target": s.target,
                 "unknown": s.unknown,
@@ -414,11 +374,7 @@ class AlertPipeline:
 
     def delivery(self) -> list[SinkStats]:
         """Per configured sink: queued, sent, failed attempts and the last error."""
-        with self._lock:
-            unsent = {name: len(items) for name, items in self._unsent.items()}
-        return [SinkStats(sink=name, queued=len(self.outboxes[name]) + unsent.get(name, 0), sent=worker.sent,
-                          failed=worker.failures, last_error=worker.last_error, last_sent_at=worker.last_sent_at)
-                for name, worker in self.workers.items()]
+        return self.dispatch.stats()
 
     def collect(self) -> Iterable[Metric]:
         """A prometheus_client custom collector: alert_firing, notify queue depth, sent and failure counters."""
@@ -437,10 +393,10 @@ class AlertPipeline:
         sent = CounterMetricFamily("opsagent_notify_sent", "Alert messages a sink accepted.", labels=["sink"])
         failures = CounterMetricFamily("opsagent_notify_failures", "Failed alert delivery attempts.",
                                        labels=["sink"])
-        for name, worker in self.workers.items():
-            depth.add_metric([name], float(len(self.outboxes[name]) + len(self._unsent[name])))
-            sent.add_metric([name], float(worker.sent))
-            failures.add_metric([name], float(worker.failures))
+        for stats in self.dispatch.stats():
+            depth.add_metric([stats.sink], float(stats.queued))
+            sent.add_metric([stats.sink], float(stats.sent))
+            failures.add_metric([stats.sink], float(stats.failed))
         yield depth
         yield sent
         yield failures

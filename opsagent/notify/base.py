@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from opsagent import __version__, secrets
+from opsagent.notify.message import Delivery
 
 
 class DeliveryError(Exception):
@@ -22,11 +23,19 @@ class DeliveryError(Exception):
 
 
 class Sink(Protocol):
-    """Delivers one outbox message (see :func:`agent.alerts.render.alert_payload`). Raises on failure."""
+    """Delivers one outbox entry (:class:`~opsagent.notify.message.Delivery`); raises on failure.
+
+    Capabilities live on the sink, as Alertmanager's notifiers carry ``send_resolved``:
+    ``repeats`` sinks get every still-firing alert (and the ``Watchdog`` heartbeat) re-sent each
+    ``notify.repeat_interval`` because they forget alerts that are not refreshed; ``sends_resolved``
+    sinks are told when an alert resolves.
+    """
 
     name: str
+    repeats: bool
+    sends_resolved: bool
 
-    def send(self, message: Mapping[str, Any], now: float) -> None: ...
+    def send(self, delivery: Delivery, now: float) -> None: ...
 
 
 def post_json(sink: str, url: str, body: Any, timeout: float, headers: Mapping[str, str] | None = None) -> bytes:
@@ -38,7 +47,7 @@ def post_json(sink: str, url: str, body: Any, timeout: float, headers: Mapping[s
         **(headers or {}),
     })
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (configured URL)
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # the configured sink URL
             return bytes(response.read(65536))
     except urllib.error.HTTPError as exc:
         detail = exc.read(500).decode("utf-8", "replace") if exc.fp is not None else ""
