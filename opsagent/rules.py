@@ -142,20 +142,21 @@ def exportable() -> tuple[str, ...]:
 
 
 def opsagent_down_rule(settings: Settings, options: ExportOptions) -> dict[str, Any]:
-    """OpsagentDown: the agent's scrape job answers no scrape, or has no target at all, for ``down_for``."""
+    """OpsagentDown: no target of the agent's scrape job answers (or the job has none) for ``down_for``."""
     job = options.job
     name = settings.agent.name
     return {
         "alert": OPSAGENT_DOWN,
-        "expr": f'up{{job="{job}"}} == 0 or absent(up{{job="{job}"}})',
+        # Per job, not per instance: in a fleet one restarting sidecar is covered by the others (and by
+        # ECS's restart policy); OpsagentDown means no sidecar of the job answers, so nothing is watching.
+        "expr": f'max without (instance) (up{{job="{job}"}}) == 0 or absent(up{{job="{job}"}})',
         "for": format_duration(options.down_for),
         "labels": {"severity": "critical", "agent": name},
         "annotations": {
             "summary": f"opsagent {name} is down: nothing watches its targets",
-            "description": (f"Prometheus cannot scrape opsagent {name} (job {options.job}"
-                            "{{ if $labels.instance }}, instance {{ $labels.instance }}{{ end }}): the agent is "
-                            "dead, hung or unreachable, so its checks, alerts and backups have stopped. An alert of "
-                            "this agent that turns RESOLVED while this fires has expired, not recovered."),
+            "description": (f"Prometheus cannot scrape any opsagent {name} of job {options.job}: the agent is "
+                            "dead, hung or unreachable, so its checks, alerts and backups have stopped. Its alerts "
+                            "are held (inhibited) while this fires: none of them is resolved by a dead watcher."),
             "value": "down",
             "threshold": "up",
             "runbook_url": settings.agent.runbook_base_url.rstrip("/") + f"/{OPSAGENT_DOWN}.md",

@@ -91,7 +91,7 @@ def test_the_shipped_rules_hold_only_what_the_agent_cannot_say_about_itself() ->
     assert set(rules) == {"OpsagentDown"}
     down = rules["OpsagentDown"]
     assert down["labels"]["severity"] == "critical" and down["for"] == "1m"
-    assert 'up{job="opsagent"} == 0' in down["expr"] and 'absent(up{job="opsagent"})' in down["expr"]
+    assert 'max without (instance) (up{job="opsagent"}) == 0' in down["expr"] and 'absent(up{job="opsagent"})' in down["expr"]
     assert down["annotations"]["runbook_url"].endswith("runbooks/OpsagentDown.md")
 
 

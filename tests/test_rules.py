@@ -209,7 +209,8 @@ def test_rules_export_includes_opsagent_down_over_the_named_job(tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     rules = {r["alert"]: r for g in yaml.safe_load(done.stdout)["groups"] for r in g["rules"]}
     down = rules["OpsagentDown"]
-    assert down["expr"] == 'up{job="sidecars"} == 0 or absent(up{job="sidecars"})' and down["for"] == "30s"
+    assert down["expr"] == 'max without (instance) (up{job="sidecars"}) == 0 or absent(up{job="sidecars"})'
+    assert down["for"] == "30s"
     assert down["labels"] == {"severity": "critical", "agent": "cli-agent"}
     (tmp_path / "rules.yml").write_text(done.stdout)
     checked = _promtool("check", "rules", "rules.yml", cwd=tmp_path)

@@ -104,7 +104,10 @@ def describe(state: AlertState, agent: str, context: Mapping[str, Any] | None = 
     elif spec.kind is ValueKind.FLAG:
         measure = state.error or "the last run reported a failure without a reason"
     elif state.alertname == "BackupStale" and state.error == NO_COMPLETE_BACKUP:
-        measure = f"{NO_COMPLETE_BACKUP} (RPO {threshold_text})"
+        summary = f"No complete backup of {state.target} exists"
+        description = (f"{summary} ({state.check}/{state.target} on agent {agent}): {NO_COMPLETE_BACKUP} "
+                       f"(RPO {threshold_text}), since {iso(breach_began(state))}.")
+        return secrets.scrub(summary), secrets.scrub(description), "never", threshold_text
     else:
         measure = f"value {value_text} {spec.comparison.value} threshold {threshold_text}"
         if state.unknown:
@@ -123,23 +126,24 @@ def _describe_resolved(state: AlertState, agent: str, at: float | None) -> tuple
     where = f"{state.check}/{state.target} on agent {agent}"
     summary = f"Resolved: {state.alertname} for {state.target}"
     began = breach_began(state)
-    lasted = f" after {format_duration(float(round(at - began)))}" if at is not None and at >= began else ""
-    history = f" (breach began {iso(began)}{lasted})"
+    lasted = f", lasted {format_duration(float(round(at - began)))}" if at is not None and at >= began else ""
+    history = f" (it began {iso(began)}{lasted})"
+    threshold_text = format_value(state.alertname, state.threshold)
     if state.alertname == "TargetDown":
         value_text, threshold_text = "up", "up"
         now = f"the {state.check} target {state.target} answers its check again"
     elif state.value is None or (state.threshold is not None and spec.comparison.breached(state.value, state.threshold)):
-        # Resolved without a good reading: the alarm was disabled or its target left the config.
+        # Resolved without a good reading: the alarm was disabled or its target left the configuration.
         value_text = "unknown"
-        threshold_text = format_value(state.alertname, state.threshold)
-        now = f"no longer evaluated (alarm disabled or target removed); threshold {threshold_text}"
+        now = "no longer evaluated (the alarm was disabled or its target removed from the configuration)"
     elif spec.kind is ValueKind.FLAG:
         value_text, threshold_text = "ok", "ok"
-        now = "the last run succeeded (value now ok, threshold ok)"
+        now = "the last run succeeded"
     else:
-        value_text, threshold_text = value_texts(state)
-        now = f"value now {value_text}, threshold {threshold_text}"
-    description = f"{state.alertname} resolved ({where}): {now}{history}."
+        value_text = format_value(state.alertname, state.value)
+        now = "back within its threshold"
+    description = (f"{state.alertname} resolved ({where}): {now}; value now {value_text}, "
+                   f"threshold {threshold_text}{history}.")
     return secrets.scrub(summary), secrets.scrub(description), value_text, threshold_text
 
 

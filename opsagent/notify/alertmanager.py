@@ -16,9 +16,9 @@ from opsagent.notify.message import AlertMessage, Delivery, iso
 
 # How many repeat intervals a firing alert stays valid without being re-sent.
 ENDS_AT_INTERVALS = 3
-# The shortest validity: longer than the agent's 5 s repeat tick plus a delivery, so a short
-# ``notify.repeat_interval`` (compressed time in tests) never lets a live alert expire between sends.
-MIN_VALIDITY = 10.0
+# The shortest repeat interval the validity is computed from: the agent's repeat tick (5 s), so even
+# a compressed ``notify.repeat_interval`` keeps a live alert valid across two missed ticks.
+MIN_VALIDITY = 5.0
 
 
 class AlertmanagerSink:

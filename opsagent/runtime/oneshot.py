@@ -69,8 +69,13 @@ class CheckRow:
         return not self.up or self.state == "breached"
 
     def to_json(self) -> dict[str, Any]:
-        return {"check": self.check, "target": self.target, "value": self.value, "threshold": self.threshold,
-                "alert": self.alert, "state": self.state, "up": self.up, "error": self.error, "basis": self.basis}
+        """SPEC §4's fields; ``basis`` only on rows of a rate kind, so other rows keep exactly the documented keys."""
+        row: dict[str, Any] = {"check": self.check, "target": self.target, "value": self.value,
+                               "threshold": self.threshold, "alert": self.alert, "state": self.state, "up": self.up,
+                               "error": self.error}
+        if self.basis is not None:
+            row["basis"] = self.basis
+        return row
 
 
 def check_row(settings: Settings, result: CheckResult) -> CheckRow:
