@@ -5,14 +5,26 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from opsagent.config import Settings
 from opsagent.runtime.agent import build_runners
 from opsagent.runtime.oneshot import check_row, sample_round
-from tests.test_check_error_rate import App, app  # noqa: F401 - the app stand-in and its fixture
+from tests.test_check_error_rate import App
 
 LIFETIME = {("/pay", "200"): 500.0, ("/pay", "500"): 500.0}  # the app's lifetime: half its requests failed
+
+
+@pytest.fixture
+def app() -> Iterator[App]:
+    stand_in = App()
+    try:
+        yield stand_in
+    finally:
+        stand_in.close()
 
 
 def _config(tmp_path: Path, url: str) -> Path:

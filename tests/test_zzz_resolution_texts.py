@@ -19,12 +19,12 @@ from tests.fixtures.texts import breach_statements, resolution_texts
 
 # (check, target, breaching result, recovered result): one alarm of every value kind.
 CASES = [
-    ("cpu", "task", dict(up=True, value=0.97), dict(up=True, value=0.12)),
-    ("pgbouncer", "pool", dict(up=True, value=4.0), dict(up=True, value=0.0)),
-    ("sqs", "jobs", dict(up=True, value=3600.0), dict(up=True, value=5.0)),
-    ("backup_run", "main", dict(up=True, value=1.0, details={"error": "pg_dump: server closed the connection"}),
-     dict(up=True, value=0.0)),
-    ("postgres", "main", dict(up=False, value=None, error="connection refused"), dict(up=True, value=0.1)),
+    ("cpu", "task", {"up": True, "value": 0.97}, {"up": True, "value": 0.12}),
+    ("pgbouncer", "pool", {"up": True, "value": 4.0}, {"up": True, "value": 0.0}),
+    ("sqs", "jobs", {"up": True, "value": 3600.0}, {"up": True, "value": 5.0}),
+    ("backup_run", "main", {"up": True, "value": 1.0, "details": {"error": "pg_dump: server closed the connection"}},
+     {"up": True, "value": 0.0}),
+    ("postgres", "main", {"up": False, "value": None, "error": "connection refused"}, {"up": True, "value": 0.1}),
 ]
 
 
