@@ -81,7 +81,7 @@ class DeliveryWorker:
             try:
                 self.sink.send(delivery, self.clock())
             except DeliveryError as exc:
-                if self._failed(seq, delivery, exc.reason, exc.permanent, attempt):
+                if self._failed(seq, delivery, exc.reason, exc.permanent, attempt, exc.retry_after):
                     attempt += 1
                     continue
             except Exception as exc:  # noqa: BLE001 - a sink bug must not kill its worker
@@ -98,7 +98,8 @@ class DeliveryWorker:
                          fingerprint=delivery.fingerprint)
             attempt = 0
 
-    def _failed(self, seq: int, delivery: Delivery, reason: str, permanent: bool, attempt: int) -> bool:
+    def _failed(self, seq: int, delivery: Delivery, reason: str, permanent: bool, attempt: int,
+                retry_after: float | None = None) -> bool:
         """Record a failure; return True when the message stays queued (a retry will follow)."""
         self.failures += 1
         self.last_error = secrets.scrub(reason)
@@ -109,6 +110,8 @@ class DeliveryWorker:
             self.outbox.ack(seq)
             return False
         delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap, self.rng)
+        if retry_after is not None:  # the sink said when (429 Retry-After, capped by post_json)
+            delay = max(delay, retry_after)
         log.warning("alert_delivery_failed", attempt=attempt + 1, retry_in=round(delay, 3), **fields)
         self._stop.wait(delay)
         return True
