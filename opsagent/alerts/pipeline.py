@@ -44,7 +44,7 @@ from opsagent.alerts.render import (
     labels_for,
     watchdog_message,
 )
-from opsagent.alerts.state import STATE_FILE, AlertStateFile, SavedState, StateKey
+from opsagent.alerts.state import STATE_FILE, AlertStateFile, SavedState, StateKey, replay_journal
 from opsagent.config import Settings
 from opsagent.notify.base import Sink
 from opsagent.notify.dispatch import Dispatcher
@@ -159,6 +159,9 @@ class AlertPipeline:
 
     def _load(self) -> None:
         saved = self._file.load(ALARMS)
+        if saved.recovered:
+            saved.states = replay_journal(saved.states, self._history.recent())
+            log.warning("alert_state_replayed", firing=sum(s.phase is Phase.FIRING for s in saved.states.values()))
         self._states.update(saved.states)
         self._contexts.update(saved.contexts)
         if saved.states:

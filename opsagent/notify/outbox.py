@@ -15,7 +15,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import structlog
+
+from opsagent import secrets
 from opsagent.textio import atomic_write, fsync_dir
+
+log = structlog.get_logger("opsagent.notify")
 
 _SUFFIX = ".json"
 
@@ -56,8 +61,11 @@ class Outbox:
                 seq = self._seqs[0]
                 try:
                     return seq, json.loads(self._path(seq).read_bytes())
-                except (OSError, ValueError):
-                    # Unreadable (disk damage, manual edit): skipping it beats wedging the queue forever.
+                except (OSError, ValueError) as exc:
+                    # Unreadable (disk damage, manual edit): skipping it beats wedging the queue forever,
+                    # but never silently: the log names the file and why.
+                    log.error("alert_outbox_message_unreadable", path=str(self._path(seq)),
+                              error=f"{type(exc).__name__}: {secrets.scrub(str(exc))[:300]}")
                     self._seqs.pop(0)
                     self._path(seq).unlink(missing_ok=True)
             return None
