@@ -396,13 +396,23 @@ class AlertPipeline:
         sent = CounterMetricFamily("opsagent_notify_sent", "Alert messages a sink accepted.", labels=["sink"])
         failures = CounterMetricFamily("opsagent_notify_failures", "Failed alert delivery attempts.",
                                        labels=["sink"])
+        superseded = CounterMetricFamily("opsagent_notify_superseded",
+                                         "Queued alert messages replaced by a newer state of the same alert.",
+                                         labels=["sink"])
+        dropped = CounterMetricFamily("opsagent_notify_dropped",
+                                      "Stale resolutions dropped because a sink's queue was over its limit.",
+                                      labels=["sink"])
         for stats in self.dispatch.stats():
             depth.add_metric([stats.sink], float(stats.queued))
             sent.add_metric([stats.sink], float(stats.sent))
             failures.add_metric([stats.sink], float(stats.failed))
+            superseded.add_metric([stats.sink], float(stats.superseded))
+            dropped.add_metric([stats.sink], float(stats.dropped))
         yield depth
         yield sent
         yield failures
+        yield superseded
+        yield dropped
 
     def fingerprint_of(self, alertname: str, check: str, target: str) -> str:
         """The fingerprint an alert for this target has (tests, status links)."""

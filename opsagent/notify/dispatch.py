@@ -132,5 +132,6 @@ class Dispatcher:
         with self._lock:
             unsent = {name: len(items) for name, items in self._unsent.items()}
         return [SinkStats(sink=name, queued=len(self.outboxes[name]) + unsent.get(name, 0), sent=worker.sent,
-                          failed=worker.failures, last_error=worker.last_error, last_sent_at=worker.last_sent_at)
+                          failed=worker.failures, last_error=worker.last_error, last_sent_at=worker.last_sent_at,
+                          superseded=self.outboxes[name].superseded, dropped=self.outboxes[name].dropped)
                 for name, worker in self.workers.items()]

@@ -91,6 +91,7 @@ def test_an_unreadable_outbox_message_is_logged_and_the_next_one_delivered(tmp_p
             reopened.start()
             try:
                 receiver.wait_for(1)
+                poll(lambda: len(reopened.outboxes["slack"]) == 0, timeout=10)
             finally:
                 reopened.stop(3)
         [event] = [e for e in logs if e["event"] == "alert_outbox_message_unreadable"]
