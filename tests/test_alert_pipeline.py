@@ -332,7 +332,7 @@ def test_status_row_of_a_kind_with_several_alarms_shows_the_one_firing(tmp_path:
                  if sum(a.check == kind for a in ALARMS.values()) >= 2)
     second = [a for a in ALARMS.values() if a.check == multi][1]
     assert second.field is not None
-    first = [a for a in ALARMS.values() if a.check == multi][0]
+    first = next(a for a in ALARMS.values() if a.check == multi)
     assert p.alarm_state(multi, "q")["alert"] == first.name
     for i in range(30):
         p.on_result(CheckResult(multi, "q", True, 0.0, 1000.0 + 60 * i, 0.01, details={second.field: 5}))
