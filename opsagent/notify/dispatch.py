@@ -88,14 +88,18 @@ class Dispatcher:
             for name in self._unsent:
                 self._flush(name)
         now = self.clock()
-        for sink in self.sinks:
-            if not sink.repeats:
-                continue
+        repeat_sinks = [sink for sink in self.sinks if sink.repeats]
+        if not repeat_sinks:
+            return
+        # Rendered before taking this lock: the producer holds its own lock while it calls send(), so
+        # calling back into it under ours would invert the lock order.
+        current = list(firing(now))
+        for sink in repeat_sinks:
             with self._lock:
                 if len(self.outboxes[sink.name]) or self._unsent[sink.name]:
                     continue  # still delivering: the queue already carries fresh state, don't pile up repeats
                 sent = self._repeat_sent[sink.name]
-                due = [m for m in firing(now) if now - sent.get(m.fingerprint, 0.0) >= self.repeat_interval]
+                due = [m for m in current if now - sent.get(m.fingerprint, 0.0) >= self.repeat_interval]
                 beat = heartbeat is not None and \
                     now - self._heartbeat_sent.get(sink.name, float("-inf")) >= self.repeat_interval
                 messages = due + ([heartbeat(now)] if beat and heartbeat is not None else [])
