@@ -80,7 +80,11 @@ def test_errors_during_the_sampled_window_are_breached(app: App) -> None:
     assert row.basis == "window" and abs((row.value or 0) - 0.10) < 1e-9 and row.state == "breached" and row.failed
 
 
-def test_a_bad_sample_duration_is_a_usage_error(tmp_path: Path) -> None:
-    """`check --sample soon` exits 2 and names the flag and the accepted form."""
-    done = _check(_config(tmp_path, "http://127.0.0.1:1/metrics"), "--sample", "soon")
-    assert done.returncode == 2 and "--sample" in done.stderr and "duration" in done.stderr
+def test_a_bad_sample_duration_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`check --sample soon` exits 2 and names the flag and the accepted form, before running any check."""
+    from opsagent.cli import cmd_check
+
+    settings = Settings(checks={"error_rate": [{"name": "api", "metrics_url": "http://127.0.0.1:1/metrics"}]})
+    assert cmd_check(settings, ["error_rate"], True, "soon") == 2
+    err = capsys.readouterr().err
+    assert "--sample" in err and "duration" in err
