@@ -21,7 +21,6 @@ from opsagent.config import Settings
 from opsagent.notify.base import RETRY_AFTER_CAP, DeliveryError, post_json
 from opsagent.runtime.results import CheckResult
 from tests.fixtures.agent import poll
-from tests.fixtures.alertmanager import Receiver
 
 Responder = Callable[[socketserver.StreamRequestHandler, bytes], None]
 
@@ -71,8 +70,9 @@ def _answer(status: str, headers: dict[str, str] | None = None) -> Responder:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
+def final() -> Iterator[HostileSink]:
+    """Where the redirects point: answers 200 to anything (a GET there used to count as a delivery)."""
+    server = HostileSink(_answer("200 OK"))
     try:
         yield server
     finally:
@@ -80,32 +80,32 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.mark.parametrize("code", ["301 Moved Permanently", "302 Found", "303 See Other"])
-def test_a_redirect_that_would_drop_the_body_is_a_retryable_failure(code: str, receiver: Receiver) -> None:
+def test_a_redirect_that_would_drop_the_body_is_a_retryable_failure(code: str, final: HostileSink) -> None:
     """A 301/302/303 answer is not a delivery: post_json raises a retryable error naming the redirect, and nothing is re-sent as GET."""
-    sink = HostileSink(_answer(code, {"Location": receiver.url + "/moved"}))
+    sink = HostileSink(_answer(code, {"Location": final.url + "/moved"}))
     try:
         with pytest.raises(DeliveryError) as caught:
             post_json("slack", sink.url, {"text": "page"}, timeout=5)
         assert not caught.value.permanent and "redirect" in caught.value.reason
-        assert receiver.requests == []
+        assert final.requests == []
     finally:
         sink.close()
 
 
 @pytest.mark.parametrize("code", ["307 Temporary Redirect", "308 Permanent Redirect"])
-def test_a_307_or_308_is_re_posted_with_its_body(code: str, receiver: Receiver) -> None:
+def test_a_307_or_308_is_re_posted_with_its_body(code: str, final: HostileSink) -> None:
     """A 307/308 keeps the method, so the page is POSTed again to the new location, body and all."""
-    sink = HostileSink(_answer(code, {"Location": receiver.url + "/moved"}))
+    sink = HostileSink(_answer(code, {"Location": final.url + "/moved"}))
     try:
         post_json("slack", sink.url, {"text": "page"}, timeout=5)
-        assert [r["body"] for r in receiver.requests] == [{"text": "page"}]
+        assert final.requests == [("POST /hook/moved HTTP/1.1", b'{"text": "page"}')]
     finally:
         sink.close()
 
 
-def test_a_redirecting_webhook_keeps_the_page_queued_and_shows_the_failure(tmp_path: Path, receiver: Receiver) -> None:
+def test_a_redirecting_webhook_keeps_the_page_queued_and_shows_the_failure(tmp_path: Path, final: HostileSink) -> None:
     """Behind a 302 the page stays in Slack's outbox, each attempt counts as a failure, and the status names the redirect."""
-    sink = HostileSink(_answer("302 Found", {"Location": receiver.url}))
+    sink = HostileSink(_answer("302 Found", {"Location": final.url}))
     settings = Settings(agent={"name": "redir"}, alerts={"HighCPU": {"for": "0s"}},
                         notify={"slack_webhook_url": sink.url, "timeout": "2s"})
     pipeline = AlertPipeline(settings, tmp_path, backoff_base=0.01, backoff_cap=0.05)
@@ -115,7 +115,7 @@ def test_a_redirecting_webhook_keeps_the_page_queued_and_shows_the_failure(tmp_p
         poll(lambda: pipeline.workers["slack"].failures >= 3, timeout=15)
         [stats] = pipeline.delivery()
         assert stats.sent == 0 and stats.queued == 1 and "redirect" in (stats.last_error or "")
-        assert receiver.requests == []
+        assert final.requests == []
     finally:
         pipeline.stop(3)
         sink.close()
