@@ -150,7 +150,7 @@ def test_alertmanager_down_for_ten_minutes_ends_in_the_right_state(tmp_path: Pat
         while pipeline.workers["alertmanager"].failures < 3:
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        assert len(pipeline.outboxes["alertmanager"]) == 3
+        assert len(pipeline.outboxes["alertmanager"]) == 2  # Postgres's page was superseded by its resolution
         am.start()
         alerts = am.wait_for(lambda a: len(pipeline.outboxes["alertmanager"]) == 0 and len(a) == 1)
         assert alerts[0]["labels"]["alertname"] == "RedisMemoryHigh"  # no tick ran: no Watchdog either

@@ -68,7 +68,7 @@ def _collapse(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def test_sinks_down_for_ten_minutes_receive_every_alert_and_resolution_in_order_once(
+def test_sinks_down_for_ten_minutes_receive_each_alerts_newest_state_in_order_once(
         tmp_path: Path, alertmanager: AlertmanagerServer) -> None:
     """After a ten-minute outage of Slack (503), PagerDuty (too slow) and Alertmanager (refused), each ends with every alert's newest state once, in order; PagerDuty's re-sends of what it got too slowly collapse by dedup_key."""
     slack, pagerduty = Receiver(), Receiver()
