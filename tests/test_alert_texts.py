@@ -80,3 +80,15 @@ def test_backup_stale_with_no_complete_backup_says_so(tmp_path: Path) -> None:
     description = alert["annotations"]["description"]
     assert "no complete backup exists" in description and "older than" not in description
     assert alert["since"] == BEGAN
+
+
+def test_backup_stale_fires_rpo_after_the_agents_start_when_no_backup_exists_and_no_age_is_given(tmp_path: Path) -> None:
+    """A backup result without an age (no complete backup: null RPO) still fires BackupStale once `rpo` has passed since the agent started."""
+    settings = Settings(agent={"name": "api"}, backup={"rpo": "1h", "postgres": []})
+    pipeline = AlertPipeline(settings, tmp_path, clock=lambda: BEGAN)
+    no_backup = {"kind": "postgres", "newest": None}
+    pipeline.on_result(CheckResult("backup", "main", True, None, BEGAN + 1800, 0.0, details=no_backup))
+    assert not [a for a in pipeline.alerts() if a["alertname"] == "BackupStale"]
+    pipeline.on_result(CheckResult("backup", "main", True, None, BEGAN + 3700, 0.0, details=no_backup))
+    [alert] = [a for a in pipeline.alerts() if a["alertname"] == "BackupStale"]
+    assert alert["state"] == "firing" and "no complete backup exists" in alert["annotations"]["description"]

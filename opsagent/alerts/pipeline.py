@@ -185,7 +185,7 @@ class AlertPipeline:
                       if k[1] == result.check and k[2] == result.target}
             new_states, transitions = evaluate_result(
                 self._states, self.config, check=result.check, target=result.target, up=result.up,
-                value=result.value, details=result.details, at=result.at,
+                value=self._compared_value(result), details=result.details, at=result.at,
                 error=_reason(result))
             for state in new_states:
                 self._states[state.key] = state
@@ -220,6 +220,13 @@ class AlertPipeline:
                 self._enqueue(Transition("firing", current, t.at), ctx)
                 self._mark_notified(t.state.key)
             self._save()
+
+    def _compared_value(self, result: CheckResult) -> float | None:
+        """The number the alarms compare. With no complete backup at all (``newest`` is None) and no age
+        given, the data at risk is everything since the agent started: BackupStale fires ``rpo`` after it."""
+        if result.value is None and result.check == "backup" and result.details.get("newest", "") is None:
+            return max(0.0, result.at - self._started_at)
+        return result.value
 
     @staticmethod
     def _persisted_view(s: AlertState) -> tuple[Any, ...]:
