@@ -92,3 +92,17 @@ def test_backup_stale_fires_rpo_after_the_agents_start_when_no_backup_exists_and
     pipeline.on_result(CheckResult("backup", "main", True, None, BEGAN + 3700, 0.0, details=no_backup))
     [alert] = [a for a in pipeline.alerts() if a["alertname"] == "BackupStale"]
     assert alert["state"] == "firing" and "no complete backup exists" in alert["annotations"]["description"]
+
+
+def test_a_lifetime_error_ratio_never_pages(tmp_path: Path) -> None:
+    """The first scrape of an app (lifetime counters, 50 % 5xx since it started) pages nothing even with `for: 0s`; a real window does."""
+    settings = Settings(agent={"name": "api"}, alerts={"HighErrorRate": {"for": "0s"}},
+                        checks={"error_rate": [{"name": "api", "metrics_url": "http://127.0.0.1:1/metrics"}]})
+    pipeline = AlertPipeline(settings, tmp_path)
+    lifetime = {"basis": "cumulative counters (first sample; no earlier scrape yet)"}
+    pipeline.on_result(CheckResult("error_rate", "api", True, 0.5, BEGAN, 0.01, details=lifetime))
+    assert pipeline.alerts() == []
+    assert pipeline.alarm_state("error_rate", "api")["state"] == "unknown"
+    pipeline.on_result(CheckResult("error_rate", "api", True, 0.2, BEGAN + 15, 0.01,
+                                   details={"basis": "delta over window"}))
+    assert [a["alertname"] for a in pipeline.alerts()] == ["HighErrorRate"]

@@ -222,8 +222,17 @@ class AlertPipeline:
             self._save()
 
     def _compared_value(self, result: CheckResult) -> float | None:
-        """The number the alarms compare. With no complete backup at all (``newest`` is None) and no age
-        given, the data at risk is everything since the agent started: BackupStale fires ``rpo`` after it."""
+        """The number the alarms compare.
+
+        A rate read from lifetime counters (``details["basis"]`` cumulative: the first scrape of an app,
+        or right after its counters reset) says nothing about now, so it is not compared at all (the
+        alarm is unknown for that round) rather than paging on an app's lifetime 5xx ratio. With no
+        complete backup at all (``newest`` is None) and no age given, the data at risk is everything
+        since the agent started: BackupStale fires ``rpo`` after it.
+        """
+        basis = result.details.get("basis")
+        if isinstance(basis, str) and basis.startswith("cumulative"):
+            return None
         if result.value is None and result.check == "backup" and result.details.get("newest", "") is None:
             return max(0.0, result.at - self._started_at)
         return result.value
