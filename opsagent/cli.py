@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from opsagent import __version__
@@ -69,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("check", "run every configured check once and print the results")
     p.add_argument("names", nargs="*", metavar="NAME", help="only targets with this name, kind or kind:name")
     p.add_argument("--json", action="store_true", help="print one JSON list")
+    p.add_argument("--sample", metavar="DURATION", default=None,
+                   help="how long rate checks (error_rate) wait for a second read (default 5s; 0s: report the "
+                        "lifetime ratio, marked basis lifetime)")
 
     p = command("config", "validate or show the configuration")
     csub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
@@ -99,7 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("rules", "Prometheus alerting rules")
     rsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
-    _config_opt(rsub.add_parser("export", help="print alerting rules for the configured alarms"), argparse.SUPPRESS)
+    r = rsub.add_parser("export", help="print alerting rules for the configured alarms")
+    _config_opt(r, argparse.SUPPRESS)
+    r.add_argument("--job", default="opsagent", metavar="NAME", help="the agent's scrape job for OpsagentDown")
+    r.add_argument("--down-for", default="1m", metavar="DURATION", help="OpsagentDown's `for` (default 1m)")
+    r.add_argument("--only", action="append", default=[], metavar="ALERT",
+                   help="only this alert (repeatable), e.g. --only OpsagentDown")
 
     p = command("runbook", "list runbooks, or print one")
     alert = p.add_argument("alert", nargs="?", metavar="ALERT")
@@ -192,7 +199,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         sentry.init(settings)
         return run_forever(settings)
     if cmd == "check":
-        return cmd_check(settings, args.names, args.json)
+        return cmd_check(settings, args.names, args.json, args.sample)
     if cmd == "config":
         if args.action == "show":
             import yaml
@@ -204,9 +211,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if cmd == "iam-policy":
         return cmd_iam_policy(settings, args)
     if cmd == "rules":
-        from opsagent.rules import render_rules
+        from opsagent.rules import export_options, render_rules
 
-        sys.stdout.write(render_rules(settings))
+        try:
+            options = export_options(job=args.job, down_for=args.down_for, only=args.only)
+        except ValueError as exc:
+            print(f"opsagent: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        sys.stdout.write(render_rules(settings, options))
         return EXIT_OK
     if cmd == "silence":
         from opsagent.silence import cmd_silence
@@ -227,33 +239,35 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     raise AssertionError(cmd)
 
 
-def cmd_check(settings: Settings, names: list[str], as_json: bool) -> int:
-    """One round of every (or the named) check, concurrently, each within its deadline."""
-    from opsagent.alerts.verdict import verdict
+def cmd_check(settings: Settings, names: list[str], as_json: bool, sample: str | None = None) -> int:
+    """One round of every (or the named) check, concurrently, each within its deadline; rates sampled."""
     from opsagent.runtime.agent import build_runners
+    from opsagent.runtime.oneshot import DEFAULT_SAMPLE_SECONDS, check_row, sample_round
+    from opsagent.units import parse_duration
+
+    try:
+        sample_seconds = DEFAULT_SAMPLE_SECONDS if sample is None else parse_duration(sample)
+    except ValueError as exc:
+        print(f"opsagent: error: --sample {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
     runners = build_runners(settings, names or None)
     if names and not runners:
         known = ", ".join(f"{k}:{t.name}" for k, t in settings.checks.targets()) or "none"
         print(f"opsagent: no configured target matches {' '.join(names)} (known: {known})", file=sys.stderr)
         return EXIT_USAGE
-    with ThreadPoolExecutor(max_workers=max(1, min(32, len(runners)))) as pool:
-        results = list(pool.map(lambda r: r.run(), runners.values()))
-    for runner in runners.values():
-        runner.close()
-    rows = []
-    failed = False
-    for result in results:
-        v = verdict(settings, result)
-        failed |= (not result.up) or bool(v.breached)
-        rows.append({"check": result.check, "target": result.target, "value": result.value, "threshold": v.threshold,
-                     "alert": v.alert, "state": v.state, "up": result.up,
-                     "error": result.error or result.details.get("error")})  # an http probe's failure is a reading
+    try:
+        results = sample_round(runners, sample_seconds)
+    finally:
+        for runner in runners.values():
+            runner.close()
+    checked = [check_row(settings, result) for result in results]
+    rows = [row.to_json() for row in checked]
     if as_json:
         print(json.dumps(rows))
     else:
         _print_table(rows)
-    return EXIT_FAIL if failed else EXIT_OK
+    return EXIT_FAIL if any(row.failed for row in checked) else EXIT_OK
 
 
 def _human(value: Any, alert: str | None) -> str:
@@ -284,6 +298,10 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     headers = ["CHECK", "TARGET", "VALUE", "THRESHOLD", "STATE", "ALERT", "ERROR"]
     table = [[r["check"], r["target"], _human(r["value"], unit_of(r)), _human(r["threshold"], unit_of(r)),
               r["state"], r["alert"] or "-", r["error"] or ""] for r in rows]
+    if any(r.get("basis") for r in rows):  # rate kinds: say whether VALUE is a sampled window or a lifetime ratio
+        headers.insert(3, "BASIS")
+        for line, r in zip(table, rows, strict=True):
+            line.insert(3, r.get("basis") or "-")
     widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(headers)]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in table:

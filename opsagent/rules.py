@@ -6,10 +6,18 @@ Every expression aggregates ``without (instance)`` so several sidecars of one
 service reporting the same target give one alert, as the agent's fingerprint
 does. Disabled alarms are left out. Alarms that compare a detail field with no
 metric of its own mirror the agent's verdict (``opsagent_alert_firing``).
+
+A second group watches the watcher (SPEC §9.1): ``OpsagentDown`` fires when
+the agent's scrape job (``--job``, default ``opsagent``) is down or absent, so
+a dead agent pages instead of letting its alerts lapse into "resolved". The
+shipped ``deploy/prometheus/opsagent-rules.yml`` is ``--only OpsagentDown``:
+the agent pages directly, and Prometheus adds only what the agent cannot say
+about itself (deploy/README.md explains the choice).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -89,6 +97,11 @@ def rule(alarm: EffectiveAlarm, settings: Settings, real_kinds: tuple[str, ...])
         value_text, threshold_text = "down", "up"
         description = ("The {{ $labels.check }} target {{ $labels.target }} does not answer its check "
                        f"(agent {settings.agent.name}).")
+    elif spec.kind is ValueKind.FLAG:
+        # A yes/no alarm: "value 1 > threshold 0" says nothing; the agent's own page carries the reason.
+        value_text, threshold_text = "failed", "ok"
+        description = (f"{summary} ({spec.check}/{{{{ $labels.target }}}} on agent {settings.agent.name}); "
+                       "the agent's status page and its own alert give the reason.")
     else:
         value_text = _VALUE_FORMAT[spec.kind]
         description = (f"{summary} ({spec.check}/{{{{ $labels.target }}}} on agent {settings.agent.name}): "
@@ -108,24 +121,79 @@ def rule(alarm: EffectiveAlarm, settings: Settings, real_kinds: tuple[str, ...])
     }
 
 
-def rule_groups(settings: Settings) -> dict[str, Any]:
+OPSAGENT_DOWN = "OpsagentDown"
+DEFAULT_JOB = "opsagent"
+DEFAULT_DOWN_FOR = 60.0
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """``rules export`` flags: the agent's scrape job, OpsagentDown's ``for``, and an optional subset of alerts."""
+
+    job: str = DEFAULT_JOB
+    down_for: float = DEFAULT_DOWN_FOR
+    only: tuple[str, ...] = ()
+
+    def wants(self, name: str) -> bool:
+        return not self.only or name in self.only
+
+
+def exportable() -> tuple[str, ...]:
+    """Every alert name ``rules export --only`` accepts."""
+    return (*ALARMS, OPSAGENT_DOWN)
+
+
+def opsagent_down_rule(settings: Settings, options: ExportOptions) -> dict[str, Any]:
+    """OpsagentDown: no target of the agent's scrape job answers (or the job has none) for ``down_for``."""
+    job = options.job
+    name = settings.agent.name
+    return {
+        "alert": OPSAGENT_DOWN,
+        # Per job, not per instance: in a fleet one restarting sidecar is covered by the others (and by
+        # ECS's restart policy); OpsagentDown means no sidecar of the job answers, so nothing is watching.
+        "expr": f'max without (instance) (up{{job="{job}"}}) == 0 or absent(up{{job="{job}"}})',
+        "for": format_duration(options.down_for),
+        "labels": {"severity": "critical", "agent": name},
+        "annotations": {
+            "summary": f"opsagent {name} is down: nothing watches its targets",
+            "description": (f"Prometheus cannot scrape any opsagent {name} of job {options.job}: the agent is "
+                            "dead, hung or unreachable, so its checks, alerts and backups have stopped. Its alerts "
+                            "are held (inhibited) while this fires: none of them is resolved by a dead watcher."),
+            "value": "down",
+            "threshold": "up",
+            "runbook_url": settings.agent.runbook_base_url.rstrip("/") + f"/{OPSAGENT_DOWN}.md",
+        },
+    }
+
+
+def rule_groups(settings: Settings, options: ExportOptions | None = None) -> dict[str, Any]:
     from opsagent.checks import KINDS
 
+    options = options or ExportOptions()
     real_kinds = tuple(KINDS)
     rules = [rule(a, settings, real_kinds) for a in (settings.alarm(n) for n in ALARMS)
-             if a.enabled and a.name not in SLO_ALARMS]
-    rules.extend(slo_rules(settings))
-    return {"groups": [{"name": "opsagent", "rules": rules}]}
+             if a.enabled and a.name not in SLO_ALARMS and options.wants(a.spec.name)]
+    rules.extend(r for r in slo_rules(settings) if options.wants(str(r["alert"])))
+    groups: list[dict[str, Any]] = []
+    if rules:
+        groups.append({"name": "opsagent", "rules": rules})
+    if options.wants(OPSAGENT_DOWN):
+        groups.append({"name": "opsagent-watcher", "rules": [opsagent_down_rule(settings, options)]})
+    return {"groups": groups}
 
 
-def render_rules(settings: Settings) -> str:
+def render_rules(settings: Settings, options: ExportOptions | None = None) -> str:
     """The YAML text ``opsagent rules export`` prints (``promtool check rules`` accepts it)."""
+    options = options or ExportOptions()
+    flags = "".join([f" --job {options.job}" if options.job != DEFAULT_JOB else "",
+                     f" --down-for {format_duration(options.down_for)}" if options.down_for != DEFAULT_DOWN_FOR else "",
+                     "".join(f" --only {n}" for n in options.only)])
     header = (
-        "# Prometheus alerting rules generated by `opsagent rules export`.\n"
+        f"# Prometheus alerting rules generated by `opsagent rules export{flags}`.\n"
         "# Same alarms, thresholds, `for` and severities as the agent's configuration;\n"
         "# evaluated over the metrics the agent exposes on /metrics.\n"
     )
-    return header + yaml.safe_dump(rule_groups(settings), sort_keys=False, width=1000, allow_unicode=True)
+    return header + yaml.safe_dump(rule_groups(settings, options), sort_keys=False, width=1000, allow_unicode=True)
 
 
 # -- error budgets (issue 17, SPEC §9.4) ------------------------------------------------------------
@@ -213,3 +281,20 @@ def _slo_rule(settings: Settings, name: str, expr: str, for_seconds: float, labe
             "runbook_url": runbook_url(settings.agent.runbook_base_url, name),
         },
     }
+
+
+def export_options(*, job: str = DEFAULT_JOB, down_for: str | float = DEFAULT_DOWN_FOR,
+                   only: list[str] | tuple[str, ...] = ()) -> ExportOptions:
+    """Validated ``rules export`` flags; ValueError names the flag and the accepted form."""
+    from opsagent.units import parse_duration
+
+    if not job or any(c in job for c in '"\\\n{}'):
+        raise ValueError(f"--job {job!r} is not a Prometheus job name")
+    try:
+        seconds = parse_duration(down_for)
+    except ValueError as exc:
+        raise ValueError(f"--down-for {exc}") from None
+    unknown = [name for name in only if name not in exportable()]
+    if unknown:
+        raise ValueError(f"--only {', '.join(unknown)}: unknown alert; known: {', '.join(exportable())}")
+    return ExportOptions(job=job, down_for=seconds, only=tuple(only))

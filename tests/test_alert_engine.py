@@ -181,9 +181,9 @@ def test_alert_carries_exactly_the_specified_labels_and_annotations() -> None:
     assert notes["runbook_url"] == "https://runbooks.example/rb/PostgresConnectionsExhausted.md"
     assert notes["value"] == "95%" and notes["threshold"] == "90%"
     assert "main" in notes["description"] and "95% >= threshold 90%" in notes["description"]
-    assert "2023-11-14T22:14:20" in notes["description"]  # since when (firing_since, UTC)
+    assert "since 2023-11-14T22:13:20" in notes["description"]  # since the breach began (pending_since, UTC)
     assert "user=app" in notes["description"]
-    assert payload["startsAt"] == "2023-11-14T22:14:20.000Z"
+    assert payload["startsAt"] == "2023-11-14T22:13:20.000Z"
 
 
 @settings(max_examples=300, deadline=None)

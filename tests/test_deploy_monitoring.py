@@ -18,8 +18,6 @@ import pytest
 import requests
 import yaml
 
-from opsagent.alerts.catalog import ALARMS
-from opsagent.rules import SLO_ALARMS
 from opsagent_testing.alertmanager import AlertmanagerServer, PrometheusServer, _wait_http
 from opsagent_testing.servers import closed_port
 
@@ -86,26 +84,26 @@ def test_promtool_accepts_the_prometheus_config_and_rules() -> None:
     assert rules.returncode == 0, rules.stdout + rules.stderr
 
 
-def test_the_rules_cover_every_alarm_with_its_default_severity() -> None:
-    """The shipped rule file has one rule per catalogue alarm, with the catalogue's severity and a runbook link."""
+def test_the_shipped_rules_hold_only_what_the_agent_cannot_say_about_itself() -> None:
+    """The shipped rule file is OpsagentDown alone (critical, over up{job="opsagent"}): the agent pages its alarms directly, so none is evaluated twice."""
     groups = yaml.safe_load((PROM_DIR / "opsagent-rules.yml").read_text())["groups"]
     rules = {r["alert"]: r for g in groups for r in g["rules"]}
-    assert set(rules) == set(ALARMS) - set(SLO_ALARMS)  # error budgets need an slo: slo-rules.yml
-    for name, rule in rules.items():
-        assert rule["labels"]["severity"] == ALARMS[name].severity, name
-        assert rule["annotations"]["runbook_url"].endswith(f"runbooks/{name}.md")
+    assert set(rules) == {"OpsagentDown"}
+    down = rules["OpsagentDown"]
+    assert down["labels"]["severity"] == "critical" and down["for"] == "1m"
+    assert 'max without (instance) (up{job="opsagent"}) == 0' in down["expr"] and 'absent(up{job="opsagent"})' in down["expr"]
+    assert down["annotations"]["runbook_url"].endswith("runbooks/OpsagentDown.md")
 
 
 def test_the_shipped_rules_are_what_rules_export_prints_for_the_default_config() -> None:
-    """deploy/prometheus/opsagent-rules.yml equals `opsagent rules export` with the default configuration (regenerate it when this fails)."""
+    """deploy/prometheus/opsagent-rules.yml equals `opsagent rules export --only OpsagentDown` with the default configuration (regenerate it when this fails)."""
     from opsagent.config import load_config
-    from opsagent.rules import render_rules
+    from opsagent.rules import ExportOptions, render_rules
 
-    expected = render_rules(load_config(None, env={}))
+    expected = render_rules(load_config(None, env={}), ExportOptions(only=("OpsagentDown",)))
     assert (PROM_DIR / "opsagent-rules.yml").read_text() == expected, (
-        "deploy/prometheus/opsagent-rules.yml drifted from `opsagent rules export`; regenerate it with\n"
-        "  .venv/bin/python -c \"from opsagent.config import load_config; from opsagent.rules import render_rules; "
-        "print(render_rules(load_config(None, env={})), end='')\" > deploy/prometheus/opsagent-rules.yml"
+        "deploy/prometheus/opsagent-rules.yml drifted from `opsagent rules export --only OpsagentDown`; regenerate:\n"
+        "  opsagent rules export --only OpsagentDown > deploy/prometheus/opsagent-rules.yml"
     )
 
 
@@ -114,24 +112,25 @@ def test_ecs_discovery_keeps_opsagent_sidecars_and_labels_them(prometheus: Prome
     deadline = time.monotonic() + 20
     while True:
         data = requests.get(f"{prometheus.url}/api/v1/targets", timeout=5).json()["data"]
-        ecs = [t for t in data["activeTargets"] if t["labels"]["job"] == "opsagent-ecs"]
+        ecs = [t for t in data["activeTargets"] if t["scrapePool"] == "opsagent-ecs"]
         if ecs or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert len(ecs) == 1, data
     labels = ecs[0]["labels"]
     assert labels["cluster"] == "prod" and labels["task_family"] == "api-with-opsagent"
+    assert labels["job"] == "opsagent"  # OpsagentDown's selector covers ECS sidecars too
     assert not any(k.startswith("PROMETHEUS_EXPORTER_") for k in labels)
     assert ecs[0]["scrapeUrl"].endswith("/metrics")
     dropped = [t for t in data["droppedTargets"] if t["discoveredLabels"].get("PROMETHEUS_EXPORTER_JOB_NAME") == "node"]
     assert dropped
 
 
-def test_prometheus_loads_every_alerting_rule(prometheus: PrometheusServer) -> None:
-    """The running Prometheus loaded the rule file with one alerting rule per alarm."""
+def test_prometheus_loads_the_watcher_rule(prometheus: PrometheusServer) -> None:
+    """The running Prometheus loaded the shipped rule file: OpsagentDown and no copy of the agent's own alarms."""
     groups = requests.get(f"{prometheus.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
     names = {r["name"] for g in groups for r in g["rules"] if r["type"] == "alerting"}
-    assert names == set(ALARMS) - set(SLO_ALARMS)  # error budgets need an slo: slo-rules.yml
+    assert names == {"OpsagentDown"}
 
 
 # -- Grafana -------------------------------------------------------------------------------------
@@ -195,6 +194,13 @@ def test_critical_pages_pagerduty_and_warnings_go_to_slack() -> None:
     assert routes("alertname=HighMemory", "severity=critical", "check=memory", "target=task") == \
         "pagerduty-critical,slack-warnings"
     assert routes("alertname=HighCPU", "severity=warning", "check=cpu", "target=task") == "slack-warnings"
+
+
+def test_the_watchdog_goes_to_the_dead_mans_switch_only_and_opsagent_down_pages() -> None:
+    """The Watchdog heartbeat routes to the dead-man's-switch receiver and nowhere else; OpsagentDown pages like any critical alert."""
+    assert routes("alertname=Watchdog", "severity=none", "agent=api-sidecar") == "deadmans-switch"
+    assert routes("alertname=OpsagentDown", "severity=critical", "agent=api-sidecar", "job=opsagent") == \
+        "pagerduty-critical,slack-warnings"
 
 
 class _DeployedAlertmanager(AlertmanagerServer):

@@ -129,9 +129,9 @@ tests:
           - exp_labels: {alertname: BackupFailed, severity: warning, agent: api, check: backup_run, kind: pg_dump, target: main}
             exp_annotations:
               summary: The last backup or replication run of main failed
-              description: 'The last backup or replication run of main failed (backup_run/main on agent api): value 1 > threshold 0.'
-              value: '1'
-              threshold: '0'
+              description: 'The last backup or replication run of main failed (backup_run/main on agent api); the agent''s status page and its own alert give the reason.'
+              value: failed
+              threshold: ok
               runbook_url: https://rb.example/runbooks/BackupFailed.md
       - eval_time: 1m
         alertname: RestoreDrillFailed
@@ -139,9 +139,9 @@ tests:
           - exp_labels: {alertname: RestoreDrillFailed, severity: warning, agent: api, check: drill, target: main}
             exp_annotations:
               summary: The last restore drill of main failed or exceeded the RTO
-              description: 'The last restore drill of main failed or exceeded the RTO (drill/main on agent api): value 4000 > threshold 0.'
-              value: '4000'
-              threshold: '0'
+              description: 'The last restore drill of main failed or exceeded the RTO (drill/main on agent api); the agent''s status page and its own alert give the reason.'
+              value: failed
+              threshold: ok
               runbook_url: https://rb.example/runbooks/RestoreDrillFailed.md
       - eval_time: 10m
         alertname: HighMemory
@@ -198,3 +198,28 @@ def test_a_real_prometheus_fires_the_exported_rules_on_agent_metrics(prometheus_
         assert "instance" not in labels  # several sidecars reporting one target give one alert
     finally:
         server.shutdown()
+
+
+def test_rules_export_includes_opsagent_down_over_the_named_job(tmp_path: Path) -> None:
+    """`rules export --job NAME --down-for D` adds OpsagentDown over up{job=NAME} with that `for`; promtool accepts it."""
+    config = tmp_path / "opsagent.yaml"
+    config.write_text("agent: {name: cli-agent}\n")
+    done = subprocess.run([sys.executable, "-m", "opsagent", "rules", "export", "--config", str(config),
+                           "--job", "sidecars", "--down-for", "30s"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rules = {r["alert"]: r for g in yaml.safe_load(done.stdout)["groups"] for r in g["rules"]}
+    down = rules["OpsagentDown"]
+    assert down["expr"] == 'max without (instance) (up{job="sidecars"}) == 0 or absent(up{job="sidecars"})'
+    assert down["for"] == "30s"
+    assert down["labels"] == {"severity": "critical", "agent": "cli-agent"}
+    (tmp_path / "rules.yml").write_text(done.stdout)
+    checked = _promtool("check", "rules", "rules.yml", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_rules_export_rejects_an_unknown_only_name_with_exit_2(tmp_path: Path) -> None:
+    """`rules export --only Typo` exits 2 and names the known alerts instead of printing an empty file."""
+    done = subprocess.run([sys.executable, "-m", "opsagent", "rules", "export", "--only", "OpsagentDwn"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "OpsagentDwn" in done.stderr and "OpsagentDown" in done.stderr

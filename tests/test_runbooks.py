@@ -11,8 +11,8 @@ import pytest
 from opsagent.alerts.catalog import ALARMS
 from opsagent.runbooks import list_runbooks, read_runbook, runbook_dir
 
-# Runbooks that are procedures, not alarms.
-PROCEDURES = {"DisasterRecovery"}
+# Runbooks that are procedures, not alarms (and the watcher's alerts, which are not catalogue alarms).
+PROCEDURES = {"DisasterRecovery", "OpsagentDown", "Watchdog"}
 SECTIONS = ("## What it means", "## Impact", "## First five minutes", "## Remediation", "scalat")
 
 

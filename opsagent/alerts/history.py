@@ -38,7 +38,7 @@ class AlertEvent:
     check: str
     target: str
     severity: str
-    since: float | None = None  # when the breach began (fired) or the alert fired (resolved)
+    since: float | None = None  # when the breach began (pending_since, before `for`), for both kinds
     duration_seconds: float | None = None  # resolved: how long it fired
     description: str = ""
 

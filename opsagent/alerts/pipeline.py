@@ -1,8 +1,9 @@
-"""Where the pure engine meets the disk and the sinks.
+"""Where the pure engine meets the disk and the sinks: evaluate -> state -> dispatch.
 
 ``on_result`` evaluates under a lock (pure, fast), persists the alert state
-atomically and appends every transition to each configured sink's durable
-outbox; one worker thread per sink drains its own outbox. Context for the
+(:mod:`opsagent.alerts.state`) and hands every transition, rendered as a typed
+message, to the :class:`~opsagent.notify.dispatch.Dispatcher` (durable
+per-sink outboxes, one worker per sink, repeats by sink capability). Context for the
 responder (top connection holders, worst pools…) is gathered on the transition
 to firing only, outside the lock and with a deadline, so a slow target never
 holds up other targets' evaluation.
@@ -15,7 +16,6 @@ the resolution later.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -37,23 +37,31 @@ from opsagent.alerts.engine import (
 )
 from opsagent.alerts.history import AlertEvent, AlertHistory
 from opsagent.alerts.quality import AlertQuality
-from opsagent.alerts.render import Identity, alert_payload, fingerprint, labels_for
+from opsagent.alerts.render import (
+    NO_COMPLETE_BACKUP,
+    Identity,
+    alert_message,
+    fingerprint,
+    labels_for,
+    watchdog_message,
+)
+from opsagent.alerts.state import STATE_FILE, AlertStateFile, SavedState, StateKey, replay_journal
 from opsagent.alerts.target_rules import target_rules
 from opsagent.config import Settings
-from opsagent.notify.base import Sink
+from opsagent.notify.dispatch import Dispatcher
+from opsagent.notify.message import FIRING, RESOLVED, AlertMessage
 from opsagent.notify.outbox import Outbox
+from opsagent.notify.sinks import build_sinks
 from opsagent.notify.stats import SinkStats
 from opsagent.notify.worker import DeliveryWorker
 from opsagent.runtime.results import CheckResult
-from opsagent.textio import atomic_write
 
 log = structlog.get_logger("opsagent.alerts")
 
-STATE_FILE = "alerts.json"
 CONTEXT_TIMEOUT = 5.0  # seconds a context callback may take before the page goes out without it
 
 ContextFn = Callable[[str, str], Mapping[str, Any]]
-StateKey = tuple[str, str, str]
+__all__ = ["STATE_FILE", "AlertPipeline", "build_sinks", "engine_config", "identity"]
 
 
 def engine_config(settings: Settings) -> EngineConfig:
@@ -77,37 +85,16 @@ def identity(settings: Settings) -> Identity:
     return Identity(agent=agent.name, runbook_base_url=agent.runbook_base_url, generator_url=generator)
 
 
-def build_sinks(settings: Settings) -> list[Sink]:
-    """Every configured sink, Alertmanager first (it alone gets repeat sends)."""
-    from opsagent.notify.alertmanager import AlertmanagerSink
-    from opsagent.notify.pagerduty import PagerDutySink
-    from opsagent.notify.sentry import SentrySink
-    from opsagent.notify.slack import SlackSink
-    from opsagent.notify.sns import SnsSink
-
-    n = settings.notify
-    sinks: list[Sink] = []
-    if n.alertmanager_url:
-        sinks.append(AlertmanagerSink(n.alertmanager_url, n.repeat_interval, n.timeout))
-    if n.slack_webhook_url is not None:
-        sinks.append(SlackSink(n.slack_webhook_url.get_secret_value(), n.timeout))
-    if n.pagerduty_routing_key is not None:
-        sinks.append(PagerDutySink(n.pagerduty_routing_key.get_secret_value(), n.pagerduty_url, n.timeout))
-    if n.sns_topic_arn:
-        sinks.append(SnsSink(n.sns_topic_arn, n.timeout))
-    if n.sentry_alerts and n.sentry_dsn is not None:
-        sinks.append(SentrySink(n.sentry_dsn.get_secret_value(), n.timeout))
-    return sinks
-
-
 def _reason(result: CheckResult) -> str | None:
-    """Why a result is bad, for the page: the run's error, else a synthetic result's ``details["error"]``."""
+    """Why a result is bad, for the page: the run's error, else a synthetic result's ``details["error"]``.
+
+    The backup subsystem's ``backup`` result with ``details["newest"] is None`` means no complete
+    backup exists at all; BackupStale says exactly that instead of quoting an age.
+    """
     raw = result.error or result.details.get("error")
+    if not raw and result.check == "backup" and "newest" in result.details and result.details["newest"] is None:
+        return NO_COMPLETE_BACKUP
     return secrets.scrub(str(raw))[:500] if raw else None
-
-
-def _key_text(key: StateKey) -> str:
-    return "|".join(key)
 
 
 class AlertPipeline:
@@ -127,61 +114,45 @@ class AlertPipeline:
         self._lock = threading.RLock()
         self._states: dict[StateKey, AlertState] = {}
         self._contexts: dict[StateKey, dict[str, Any]] = {}
-        self._repeat_sent: dict[StateKey, float] = {}
         self._up: dict[tuple[str, str], bool] = {}
+        self._started_at = clock()
         self.sinks = build_sinks(settings)
-        self.outboxes = {s.name: Outbox(self.state_dir / "outbox" / s.name) for s in self.sinks}
-        # Messages an outbox could not take (disk full): kept in order, retried by every tick.
-        self._unsent: dict[str, list[dict[str, Any]]] = {s.name: [] for s in self.sinks}
-        self.workers = {
-            s.name: DeliveryWorker(s, self.outboxes[s.name], clock=clock, backoff_base=backoff_base,
-                                   backoff_cap=backoff_cap)
-            for s in self.sinks
-        }
+        self.dispatch = Dispatcher(self.sinks, self.state_dir, repeat_interval=self.repeat_interval, clock=clock,
+                                   backoff_base=backoff_base, backoff_cap=backoff_cap)
+        self._file = AlertStateFile(self.state_dir)
         self._history = AlertHistory(self.state_dir)
         self.quality = AlertQuality(settings, self.config, self.state_dir, clock)  # budgets, forecasts, holds
         self._held_keys: set[StateKey] = set()
         self._load()
         self._reconcile()
 
+    @property
+    def outboxes(self) -> dict[str, Outbox]:
+        return self.dispatch.outboxes
+
+    @property
+    def workers(self) -> dict[str, DeliveryWorker]:
+        return self.dispatch.workers
+
     # -- persistence -----------------------------------------------------------------------------
 
     @property
     def state_path(self) -> Path:
-        return self.state_dir / STATE_FILE
+        return self._file.path
 
     def _load(self) -> None:
-        try:
-            data = json.loads(self.state_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.error("alert_state_unreadable", path=str(self.state_path), error=secrets.scrub(str(exc)))
-            return
-        for raw in data.get("alerts", []):
-            try:
-                state = AlertState.from_dict(raw)
-            except (TypeError, ValueError):
-                continue
-            if state.alertname in ALARMS:
-                self._states[state.key] = state
-        for text, ctx in (data.get("contexts") or {}).items():
-            key = tuple(text.split("|", 2))
-            if len(key) == 3:
-                self._contexts[key] = ctx  # type: ignore[index]
-        log.info("alert_state_loaded", firing=sum(s.phase is Phase.FIRING for s in self._states.values()),
-                 pending=sum(s.phase is Phase.PENDING for s in self._states.values()))
+        saved = self._file.load(ALARMS)
+        if saved.recovered:
+            saved.states = replay_journal(saved.states, self._history.recent())
+            log.warning("alert_state_replayed", firing=sum(s.phase is Phase.FIRING for s in saved.states.values()))
+        self._states.update(saved.states)
+        self._contexts.update(saved.contexts)
+        if saved.states:
+            log.info("alert_state_loaded", firing=sum(s.phase is Phase.FIRING for s in self._states.values()),
+                     pending=sum(s.phase is Phase.PENDING for s in self._states.values()))
 
     def _save(self) -> None:
-        data = {
-            "version": 1,
-            "alerts": [s.to_dict() for s in self._states.values() if s.active or s.unknown],
-            "contexts": {_key_text(k): v for k, v in self._contexts.items()},
-        }
-        try:
-            atomic_write(self.state_path, json.dumps(data, sort_keys=True, default=str).encode())
-        except OSError as exc:  # disk full: keep evaluating and paging; the next save retries
-            log.error("alert_state_write_failed", path=str(self.state_path), error=secrets.scrub(str(exc)))
+        self._file.save(SavedState(dict(self._states), dict(self._contexts)))
 
     def _reconcile(self) -> None:
         """After a restart: page what was never queued; resolve what config no longer alarms on."""
@@ -220,7 +191,7 @@ class AlertPipeline:
                       if k[1] == result.check and k[2] == result.target}
             new_states, transitions = evaluate_result(
                 self._states, self.config, check=result.check, target=result.target, up=result.up,
-                value=result.value, details=result.details, at=result.at,
+                value=self._compared_value(result), details=result.details, at=result.at,
                 error=_reason(result))
             budget_states, budget_transitions = self.quality.evaluate(self._states, result, _reason(result))
             new_states, transitions = [*new_states, *budget_states], [*transitions, *budget_transitions]
@@ -236,7 +207,6 @@ class AlertPipeline:
                     firing.append(t)
                 elif t.state.notified:  # never resolve a page that was never sent
                     self._enqueue(t, self._contexts.pop(t.state.key, None))
-                    self._repeat_sent.pop(t.state.key, None)
                 else:
                     self._contexts.pop(t.state.key, None)
             after = {s.key: self._persisted_view(s) for s in new_states}
@@ -262,6 +232,22 @@ class AlertPipeline:
                 self._mark_notified(t.state.key)
             self._save()
 
+    def _compared_value(self, result: CheckResult) -> float | None:
+        """The number the alarms compare.
+
+        A rate read from lifetime counters (``details["basis"]`` cumulative: the first scrape of an app,
+        or right after its counters reset) says nothing about now, so it is not compared at all (the
+        alarm is unknown for that round) rather than paging on an app's lifetime 5xx ratio. With no
+        complete backup at all (``newest`` is None) and no age given, the data at risk is everything
+        since the agent started: BackupStale fires ``rpo`` after it.
+        """
+        basis = result.details.get("basis")
+        if isinstance(basis, str) and basis.startswith("cumulative"):
+            return None
+        if result.value is None and result.check == "backup" and result.details.get("newest", "") is None:
+            return max(0.0, result.at - self._started_at)
+        return result.value
+
     @staticmethod
     def _persisted_view(s: AlertState) -> tuple[Any, ...]:
         return (s.phase, s.pending_since, s.firing_since, s.clear_since, s.notified, s.unknown, s.flapping)
@@ -269,7 +255,6 @@ class AlertPipeline:
     def _mark_notified(self, key: StateKey) -> None:
         state = self._states[key]
         self._states[key] = AlertState.from_dict({**state.to_dict(), "notified": True})
-        self._repeat_sent[key] = self.clock()
 
     def _gather_context(self, check: str, target: str) -> dict[str, Any]:
         """Call the context callback with a deadline; a failure or timeout just means no context."""
@@ -295,11 +280,10 @@ class AlertPipeline:
         return secrets.scrub_any(box.get("value", {}))  # type: ignore[no-any-return]
 
     def _enqueue(self, t: Transition, context: Mapping[str, Any] | None = None) -> None:
-        payload = alert_payload(t.state, t.kind, self.ident, at=t.at, context=context)
-        self._remember(t, payload["annotations"]["description"])
-        for name in self.outboxes:
-            self._unsent[name].append(payload)
-            self._flush(name)
+        status = FIRING if t.kind == "firing" else RESOLVED
+        message = alert_message(t.state, status, self.ident, at=t.at, context=context)
+        self._remember(t, message.annotations["description"])
+        self.dispatch.send(message)
 
     def _remember(self, t: Transition, description: str) -> None:
         """Every page that goes out (fired or resolved) joins the history the status page shows."""
@@ -308,63 +292,36 @@ class AlertPipeline:
         self._history.record(AlertEvent(
             at=t.at, kind="fired" if t.kind == "firing" else "resolved", alertname=s.alertname, check=s.check,
             target=s.target, severity=s.severity,
-            since=s.pending_since if t.kind == "firing" else fired_at,
+            since=s.pending_since if s.pending_since is not None else fired_at,
             duration_seconds=(t.at - fired_at) if t.kind == "resolved" and fired_at is not None else None,
             description=description.split("\n", 1)[0]))
-
-    def _flush(self, name: str) -> bool:
-        """Hand this sink's held-back messages to its outbox, oldest first; False while the disk refuses them."""
-        unsent = self._unsent[name]
-        while unsent:
-            try:
-                self.outboxes[name].put(unsent[0])
-            except OSError as exc:
-                log.error("alert_outbox_write_failed", sink=name, waiting=len(unsent), error=secrets.scrub(str(exc)))
-                return False
-            unsent.pop(0)
-        return True
 
     # -- delivery --------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start one delivery worker per configured sink."""
-        for worker in self.workers.values():
-            worker.start()
+        self.dispatch.start()
 
     def stop(self, timeout: float) -> None:
         """Stop the workers; returns within ``timeout`` even if a sink hangs (undelivered messages stay on disk)."""
-        deadline = time.monotonic() + timeout
-        for worker in self.workers.values():
-            worker.request_stop()
-        for name, worker in self.workers.items():
-            if not worker.join(deadline - time.monotonic()):
-                log.warning("notify_worker_still_busy", sink=name)
+        self.dispatch.stop(timeout)
         with self._lock:
             self._save()
         self.quality.save()
 
     def tick(self) -> None:
-        """Re-send firing alerts to Alertmanager every ``notify.repeat_interval`` (it forgets unrefreshed alerts)."""
+        """Page what an ended hold kept back; retry held-back messages; re-send firing alerts and the Watchdog."""
         with self._lock:
-            for name in self._unsent:
-                self._flush(name)
             self._release_held()
-        outbox = self.outboxes.get("alertmanager")
-        if outbox is None:
-            return
-        now = self.clock()
+        self.dispatch.tick(self._firing_messages, self._watchdog)
+
+    def _firing_messages(self, now: float) -> list[AlertMessage]:
         with self._lock:
-            if len(outbox) or self._unsent["alertmanager"]:
-                return  # still delivering: the queue already carries fresh state, don't pile up repeats
-            due = [s for k, s in self._states.items()
-                   if s.phase is Phase.FIRING and s.notified
-                   and now - self._repeat_sent.get(k, 0.0) >= self.repeat_interval]
-            if not due:
-                return
-            alerts = [alert_payload(s, "firing", self.ident, at=now, context=self._contexts.get(s.key)) for s in due]
-            outbox.put({"status": "repeat", "alerts": alerts})
-            for s in due:
-                self._repeat_sent[s.key] = now
+            return [alert_message(s, FIRING, self.ident, at=now, context=self._contexts.get(s.key))
+                    for s in self._states.values() if s.phase is Phase.FIRING and s.notified]
+
+    def _watchdog(self, now: float) -> AlertMessage:
+        return watchdog_message(self.ident, started_at=self._started_at, at=now)
 
     # -- views -----------------------------------------------------------------------------------
 
@@ -376,7 +333,7 @@ class AlertPipeline:
         now = self.clock()
         out = []
         for s in sorted(states, key=lambda s: (s.phase is not Phase.FIRING, s.alertname, s.check, s.target)):
-            payload = alert_payload(s, "firing", self.ident, at=now, context=contexts.get(s.key))
+            message = alert_message(s, FIRING, self.ident, at=now, context=contexts.get(s.key))
             hold = self.quality.hold(s, now)
             out.append({
                 "alertname": s.alertname,
@@ -384,13 +341,13 @@ class AlertPipeline:
                 "silenced": hold is not None,
                 "silenced_by": hold.to_dict() if hold is not None else None,
                 "flap_percent": round(s.flap_percent, 1),
-                "labels": payload["labels"],
-                "annotations": payload["annotations"],
+                "labels": dict(message.labels),
+                "annotations": dict(message.annotations),
                 "value": s.value,
                 "threshold": s.threshold,
                 "severity": s.severity,
-                "since": s.firing_since if s.phase is Phase.FIRING else s.pending_since,
-                "fingerprint": payload["fingerprint"],
+                "since": s.pending_since if s.pending_since is not None else s.firing_since,
+                "fingerprint": message.fingerprint,
                 "check": s.check,
                 "target": s.target,
                 "unknown": s.unknown,
@@ -432,11 +389,7 @@ class AlertPipeline:
 
     def delivery(self) -> list[SinkStats]:
         """Per configured sink: queued, sent, failed attempts and the last error."""
-        with self._lock:
-            unsent = {name: len(items) for name, items in self._unsent.items()}
-        return [SinkStats(sink=name, queued=len(self.outboxes[name]) + unsent.get(name, 0), sent=worker.sent,
-                          failed=worker.failures, last_error=worker.last_error, last_sent_at=worker.last_sent_at)
-                for name, worker in self.workers.items()]
+        return self.dispatch.stats()
 
     def collect(self) -> Iterable[Metric]:
         """A prometheus_client custom collector: alert_firing, notify queue depth, sent and failure counters."""
@@ -455,13 +408,23 @@ class AlertPipeline:
         sent = CounterMetricFamily("opsagent_notify_sent", "Alert messages a sink accepted.", labels=["sink"])
         failures = CounterMetricFamily("opsagent_notify_failures", "Failed alert delivery attempts.",
                                        labels=["sink"])
-        for name, worker in self.workers.items():
-            depth.add_metric([name], float(len(self.outboxes[name]) + len(self._unsent[name])))
-            sent.add_metric([name], float(worker.sent))
-            failures.add_metric([name], float(worker.failures))
+        superseded = CounterMetricFamily("opsagent_notify_superseded",
+                                         "Queued alert messages replaced by a newer state of the same alert.",
+                                         labels=["sink"])
+        dropped = CounterMetricFamily("opsagent_notify_dropped",
+                                      "Stale resolutions dropped because a sink's queue was over its limit.",
+                                      labels=["sink"])
+        for stats in self.dispatch.stats():
+            depth.add_metric([stats.sink], float(stats.queued))
+            sent.add_metric([stats.sink], float(stats.sent))
+            failures.add_metric([stats.sink], float(stats.failed))
+            superseded.add_metric([stats.sink], float(stats.superseded))
+            dropped.add_metric([stats.sink], float(stats.dropped))
         yield depth
         yield sent
         yield failures
+        yield superseded
+        yield dropped
         yield from self.quality.collect()
 
     def fingerprint_of(self, alertname: str, check: str, target: str) -> str:
@@ -494,6 +457,7 @@ class AlertPipeline:
                               {**self._contexts.get(key, {}), **self.quality.page_context(*key)})
                 self._mark_notified(key)
                 self._save()
+
     # -- fleet hand-over (runtime/fleet.py): the shared targets' state moves with the leadership ----
 
     def export_states(self, targets: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -510,7 +474,6 @@ class AlertPipeline:
             for key in [k for k in self._states if (k[1], k[2]) in wanted]:
                 self._states.pop(key, None)
                 self._contexts.pop(key, None)
-                self._repeat_sent.pop(key, None)
             for pair in wanted:
                 self._up.pop(pair, None)
             self._save()

@@ -9,40 +9,43 @@ resolution is the same label set with ``endsAt`` = the time it resolved.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from opsagent.alerts.render import iso
 from opsagent.notify.base import post_json
+from opsagent.notify.message import AlertMessage, Delivery, iso
 
 # How many repeat intervals a firing alert stays valid without being re-sent.
 ENDS_AT_INTERVALS = 3
+# The shortest repeat interval the validity is computed from: the agent's repeat tick (5 s), so even
+# a compressed ``notify.repeat_interval`` keeps a live alert valid across two missed ticks.
+MIN_VALIDITY = 5.0
 
 
 class AlertmanagerSink:
     name = "alertmanager"
+    repeats = True  # Alertmanager forgets an alert whose endsAt passes: re-send what still fires
+    sends_resolved = True
 
     def __init__(self, url: str, repeat_interval: float, timeout: float) -> None:
         self.endpoint = url.rstrip("/") + "/api/v2/alerts"
         self.repeat_interval = repeat_interval
         self.timeout = timeout
 
-    def payload(self, message: Mapping[str, Any], now: float) -> list[dict[str, Any]]:
-        alerts = message.get("alerts") or [message]
-        return [self._one(a, now) for a in alerts]
+    def payload(self, delivery: Delivery, now: float) -> list[dict[str, Any]]:
+        return [self._one(m, now) for m in delivery.messages]
 
-    def _one(self, alert: Mapping[str, Any], now: float) -> dict[str, Any]:
-        if alert["status"] == "resolved":
-            ends = alert.get("endsAt") or iso(now)
+    def _one(self, alert: AlertMessage, now: float) -> dict[str, Any]:
+        if alert.resolved:
+            ends = alert.ends_at_iso or iso(now)
         else:
-            ends = iso(now + ENDS_AT_INTERVALS * max(self.repeat_interval, 60.0))
+            ends = iso(now + ENDS_AT_INTERVALS * max(self.repeat_interval, MIN_VALIDITY))
         return {
-            "labels": dict(alert["labels"]),
-            "annotations": dict(alert["annotations"]),
-            "startsAt": alert["startsAt"],
+            "labels": dict(alert.labels),
+            "annotations": dict(alert.annotations),
+            "startsAt": alert.starts_at_iso,
             "endsAt": ends,
-            "generatorURL": alert["generatorURL"],
+            "generatorURL": alert.generator_url,
         }
 
-    def send(self, message: Mapping[str, Any], now: float) -> None:
-        post_json(self.name, self.endpoint, self.payload(message, now), self.timeout)
+    def send(self, delivery: Delivery, now: float) -> None:
+        post_json(self.name, self.endpoint, self.payload(delivery, now), self.timeout)

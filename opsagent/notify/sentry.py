@@ -8,34 +8,38 @@ the outbox hands the event over (``flush`` with the notify timeout).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from opsagent.notify.message import AlertMessage, Delivery
 
 _LEVEL = {"critical": "fatal", "warning": "warning", "info": "info"}
 
 
 class SentrySink:
     name = "sentry"
+    repeats = False
+    sends_resolved = True
 
     def __init__(self, dsn: str, timeout: float) -> None:
         self._dsn = dsn
         self.timeout = timeout
 
-    def send(self, message: Mapping[str, Any], now: float) -> None:
+    def send(self, delivery: Delivery, now: float) -> None:
+        for message in delivery.messages:
+            self._capture(message)
+
+    def _capture(self, message: AlertMessage) -> None:
         import sentry_sdk
 
         if not sentry_sdk.is_initialized():
             sentry_sdk.init(dsn=self._dsn, default_integrations=False, traces_sample_rate=0.0)
-        labels = message["labels"]
-        level = "info" if message["status"] == "resolved" else _LEVEL.get(labels["severity"], "warning")
+        labels = message.labels
+        level = "info" if message.resolved else _LEVEL.get(labels["severity"], "warning")
         with sentry_sdk.new_scope() as scope:
-            scope.fingerprint = ["opsagent-alert", message["fingerprint"], message["status"]]
+            scope.fingerprint = ["opsagent-alert", message.fingerprint, message.status]
             scope.level = level
             for key, value in labels.items():
                 scope.set_tag(key, value)
-            scope.set_tag("alert_status", message["status"])
-            scope.set_context("alert", {"annotations": dict(message["annotations"]),
-                                        "context": message.get("context") or {}})
-            text = f"[{message['status'].upper()}] {message['annotations']['summary']}"
+            scope.set_tag("alert_status", message.status)
+            scope.set_context("alert", {"annotations": dict(message.annotations), "context": dict(message.context)})
+            text = f"[{message.status.upper()}] {message.annotations['summary']}"
             sentry_sdk.capture_message(text, level=level)  # type: ignore[arg-type]
         sentry_sdk.flush(timeout=self.timeout)

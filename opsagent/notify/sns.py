@@ -8,11 +8,11 @@ region, which the ARN names.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from opsagent import aws
 from opsagent.notify.base import DeliveryError
+from opsagent.notify.message import AlertMessage, Delivery
 
 # Errors that no retry will fix: wrong topic, malformed request, no permission.
 _PERMANENT = {"NotFound", "InvalidParameter", "InvalidParameterValue", "AuthorizationError", "InvalidClientTokenId"}
@@ -20,25 +20,27 @@ _PERMANENT = {"NotFound", "InvalidParameter", "InvalidParameterValue", "Authoriz
 
 class SnsSink:
     name = "sns"
+    repeats = False
+    sends_resolved = True
 
     def __init__(self, topic_arn: str, timeout: float) -> None:
         self.topic_arn = topic_arn
         self.region = topic_arn.split(":")[3]
         self.timeout = timeout
 
-    def request(self, message: Mapping[str, Any]) -> dict[str, Any]:
-        labels = message["labels"]
-        status = "RESOLVED" if message["status"] == "resolved" else "FIRING"
+    def request(self, message: AlertMessage) -> dict[str, Any]:
+        labels = message.labels
+        status = "RESOLVED" if message.resolved else "FIRING"
         subject = f"[{status}] {labels['alertname']} {labels['check']}/{labels['target']}"
         body = {
-            "status": message["status"],
-            "fingerprint": message["fingerprint"],
+            "status": message.status,
+            "fingerprint": message.fingerprint,
             "labels": dict(labels),
-            "annotations": dict(message["annotations"]),
-            "startsAt": message["startsAt"],
-            "endsAt": message.get("endsAt"),
-            "generatorURL": message["generatorURL"],
-            "context": message.get("context") or {},
+            "annotations": dict(message.annotations),
+            "startsAt": message.starts_at_iso,
+            "endsAt": message.ends_at_iso,
+            "generatorURL": message.generator_url,
+            "context": dict(message.context),
         }
         return {
             "TopicArn": self.topic_arn,
@@ -47,11 +49,15 @@ class SnsSink:
             "MessageAttributes": {
                 "alertname": {"DataType": "String", "StringValue": labels["alertname"]},
                 "severity": {"DataType": "String", "StringValue": labels["severity"]},
-                "status": {"DataType": "String", "StringValue": message["status"]},
+                "status": {"DataType": "String", "StringValue": message.status},
             },
         }
 
-    def send(self, message: Mapping[str, Any], now: float) -> None:
+    def send(self, delivery: Delivery, now: float) -> None:
+        for message in delivery.messages:
+            self._publish(message)
+
+    def _publish(self, message: AlertMessage) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:

@@ -16,6 +16,8 @@ class SinkStats:
     failed: int  # failed delivery attempts since start
     last_error: str | None = None  # scrubbed; None once a delivery succeeded again
     last_sent_at: float | None = None  # unix time of the last accepted message
+    superseded: int = 0  # queued messages replaced by a newer state of the same alert (never sent: stale)
+    dropped: int = 0  # stale resolutions dropped because the queue was over its limit
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

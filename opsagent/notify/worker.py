@@ -17,6 +17,7 @@ import structlog
 
 from opsagent import secrets
 from opsagent.notify.base import DeliveryError, Sink
+from opsagent.notify.message import Delivery
 from opsagent.notify.outbox import Outbox
 
 log = structlog.get_logger("opsagent.notify")
@@ -24,7 +25,7 @@ log = structlog.get_logger("opsagent.notify")
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """Exponential backoff with "equal jitter": between half and all of ``min(cap, base * 2**attempt)``."""
-    ceiling = min(cap, base * (2 ** min(attempt, 30)))
+    ceiling = min(cap, base * float(2 ** min(attempt, 30)))
     return ceiling / 2 + rng.uniform(0, ceiling / 2)
 
 
@@ -68,15 +69,23 @@ class DeliveryWorker:
             item = self.outbox.peek(timeout=1.0)
             if item is None or self._stop.is_set():
                 continue
-            seq, message = item
+            seq, raw = item
             try:
-                self.sink.send(message, self.clock())
+                delivery = Delivery.from_json(raw)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # A damaged record can never be delivered: say so, and keep the queue behind it moving.
+                log.error("alert_outbox_message_unreadable", sink=self.sink.name, seq=seq,
+                          error=f"{type(exc).__name__}: {secrets.scrub(str(exc))}")
+                self.outbox.ack(seq)
+                continue
+            try:
+                self.sink.send(delivery, self.clock())
             except DeliveryError as exc:
-                if self._failed(seq, message, exc.reason, exc.permanent, attempt):
+                if self._failed(seq, delivery, exc.reason, exc.permanent, attempt, exc.retry_after):
                     attempt += 1
                     continue
             except Exception as exc:  # noqa: BLE001 - a sink bug must not kill its worker
-                if self._failed(seq, message, f"{type(exc).__name__}: {exc}", False, attempt):
+                if self._failed(seq, delivery, f"{type(exc).__name__}: {exc}", False, attempt):
                     attempt += 1
                     continue
             else:
@@ -84,22 +93,25 @@ class DeliveryWorker:
                 self.outbox.ack(seq)
                 self.last_error = None
                 self.last_sent_at = self.clock()
-                log.info("alert_delivered", sink=self.sink.name, status=message.get("status"),
-                         alertname=(message.get("labels") or {}).get("alertname"),
-                         fingerprint=message.get("fingerprint"))
+                log.info("alert_delivered", sink=self.sink.name, status=delivery.status,
+                         alertname=delivery.messages[0].alertname if len(delivery.messages) == 1 else None,
+                         fingerprint=delivery.fingerprint)
             attempt = 0
 
-    def _failed(self, seq: int, message: dict, reason: str, permanent: bool, attempt: int) -> bool:
+    def _failed(self, seq: int, delivery: Delivery, reason: str, permanent: bool, attempt: int,
+                retry_after: float | None = None) -> bool:
         """Record a failure; return True when the message stays queued (a retry will follow)."""
         self.failures += 1
         self.last_error = secrets.scrub(reason)
-        fields = {"sink": self.sink.name, "error": self.last_error, "fingerprint": message.get("fingerprint"),
-                  "status": message.get("status")}
+        fields = {"sink": self.sink.name, "error": self.last_error, "fingerprint": delivery.fingerprint,
+                  "status": delivery.status}
         if permanent:
             log.error("alert_delivery_dropped", **fields)
             self.outbox.ack(seq)
             return False
         delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap, self.rng)
+        if retry_after is not None:  # the sink said when (429 Retry-After, capped by post_json)
+            delay = max(delay, retry_after)
         log.warning("alert_delivery_failed", attempt=attempt + 1, retry_in=round(delay, 3), **fields)
         self._stop.wait(delay)
         return True

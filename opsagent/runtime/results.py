@@ -7,7 +7,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
+from opsagent import secrets
 from opsagent.checks.base import Gauge
+
+log = structlog.get_logger("opsagent.runtime")
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,10 @@ class ResultStore:
     """Latest result per (check, target); listeners hear about every new result.
 
     Readers (HTTP, metrics) get snapshots; the version number lets the metrics
-    renderer skip work when nothing changed since the last scrape.
+    renderer skip work when nothing changed since the last scrape. Listeners are
+    called as APScheduler dispatches its events: from a copy of the list taken
+    under the lock (subscribing meanwhile is safe), each one guarded, so one
+    listener that raises is logged and the next one still gets the result.
     """
 
     def __init__(self) -> None:
@@ -44,14 +52,20 @@ class ResultStore:
         self.version = 0
 
     def subscribe(self, listener: Callable[[CheckResult], None]) -> None:
-        self._listeners.append(listener)
+        with self._lock:
+            self._listeners.append(listener)
 
     def record(self, result: CheckResult) -> None:
         with self._lock:
             self._latest[result.key] = result
             self.version += 1
-        for listener in self._listeners:
-            listener(result)
+            listeners = tuple(self._listeners)
+        for listener in listeners:
+            try:
+                listener(result)
+            except Exception as exc:  # noqa: BLE001 - one broken listener must not starve the others
+                log.error("result_listener_failed", check=result.check, target=result.target,
+                          listener=getattr(listener, "__qualname__", repr(listener)), error=secrets.scrub(f"{type(exc).__name__}: {exc}")[:500])
 
     def touch(self) -> None:
         """Mark derived state (alerts, backups) changed so renderers refresh."""
