@@ -19,9 +19,9 @@ import yaml
 
 from opsagent.config import load_config
 from opsagent.rules import export_options, render_rules
+from opsagent_testing.alertmanager import AlertmanagerServer, PrometheusServer, Receiver
+from opsagent_testing.servers import free_port, stop_process
 from tests.fixtures.agent import poll
-from tests.fixtures.alertmanager import AlertmanagerServer, PrometheusServer, Receiver
-from tests.fixtures.servers import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 AM_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
@@ -67,7 +67,7 @@ class _ShippedAlertmanager(AlertmanagerServer):
              f"--storage.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
              "--cluster.listen-address=", "--log.level=warn"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        from tests.fixtures.alertmanager import _wait_http
+        from opsagent_testing.alertmanager import _wait_http
 
         _wait_http(f"{self.url}/-/ready")
         return self

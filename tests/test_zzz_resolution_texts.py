@@ -1,7 +1,7 @@
 """The last word on resolutions: every one the suite's sinks received says resolved and states no breach.
 
 Like the secret scan of the fault suite, this reads what the whole session captured (every body any
-``tests.fixtures.alertmanager.Receiver`` accepted: Slack messages, Alertmanager webhook notifications).
+``opsagent_testing.alertmanager.Receiver`` accepted: Slack messages, Alertmanager webhook notifications).
 Named ``test_zzz_*`` so it runs after the other modules; it also produces one resolution of every kind of
 alarm text itself (ratio, count, duration, boolean, target down), so it checks something when run alone.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from opsagent.alerts.pipeline import AlertPipeline
 from opsagent.config import Settings
 from opsagent.runtime.results import CheckResult
-from tests.fixtures.alertmanager import CAPTURED, Receiver
+from opsagent_testing.alertmanager import CAPTURED, Receiver
 from tests.fixtures.texts import breach_statements, resolution_texts
 
 # (check, target, breaching result, recovered result): one alarm of every value kind.

@@ -17,8 +17,8 @@ from opsagent.alerts.pipeline import AlertPipeline
 from opsagent.config import Settings
 from opsagent.notify.outbox import Outbox
 from opsagent.runtime.results import CheckResult
+from opsagent_testing.alertmanager import Receiver
 from tests.fixtures.agent import poll
-from tests.fixtures.alertmanager import Receiver
 
 FLAPPING = [f"cache{i}" for i in range(10)]
 CYCLES = 4

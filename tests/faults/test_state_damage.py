@@ -17,8 +17,8 @@ from opsagent.alerts.pipeline import AlertPipeline
 from opsagent.config import Settings
 from opsagent.notify.outbox import Outbox
 from opsagent.runtime.results import CheckResult
+from opsagent_testing.alertmanager import Receiver
 from tests.fixtures.agent import poll
-from tests.fixtures.alertmanager import Receiver
 
 
 def _settings(url: str) -> Settings:
