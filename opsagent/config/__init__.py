@@ -1,6 +1,7 @@
 """Configuration: one YAML file plus ``OPSAGENT_<SECTION>__<KEY>`` overrides.
 
-``models`` holds the frozen section models, ``load`` reads the file and the
+``models`` holds the frozen section models (``targets`` the check targets, ``fields`` the shared
+value types), ``load`` reads the file and the
 environment, ``problems`` words every error as one line naming its key.
 """
 
@@ -12,32 +13,34 @@ from opsagent.config.models import (
     CONFIG_ENV,
     DEFAULT_CONFIG_FILE,
     ENV_PREFIX,
-    LIST_KINDS,
     AgentSection,
     AlertOverride,
     AlertsSection,
     BackupSection,
+    EffectiveAlarm,
+    NotifySection,
+    RetentionPolicy,
+    Settings,
+)
+from opsagent.config.problems import ConfigError
+from opsagent.config.targets import (
+    LIST_KINDS,
     BullMQTarget,
     ChecksSection,
     CloudWatchSource,
     CloudWatchTarget,
-    EffectiveAlarm,
     ErrorRateTarget,
     HostTarget,
     HttpTarget,
-    NotifySection,
     PgBouncerTarget,
     PostgresTarget,
     RabbitMQTarget,
     RedisTarget,
-    RetentionPolicy,
     S3ReplicationTarget,
-    Settings,
     SqlTarget,
     SqsTarget,
     TargetBase,
 )
-from opsagent.config.problems import ConfigError
 
 __all__ = [
     "CONFIG_ENV", "DEFAULT_CONFIG_FILE", "ENV_PREFIX", "LIST_KINDS", "AgentSection", "AlertOverride", "AlertsSection",

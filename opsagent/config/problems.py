@@ -10,7 +10,8 @@ from typing import Any
 from pydantic_core import ErrorDetails
 
 from opsagent import secrets
-from opsagent.config.models import _NAME_FORM, ENV_PREFIX
+from opsagent.config.fields import _NAME_FORM
+from opsagent.config.models import ENV_PREFIX
 
 
 class ConfigError(Exception):

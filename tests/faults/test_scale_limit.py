@@ -15,7 +15,7 @@ import requests
 import yaml
 
 from opsagent.config import ConfigError, load_config
-from opsagent.config.models import MAX_TARGETS
+from opsagent.config.targets import MAX_TARGETS
 from opsagent_testing.servers import HangingServer, closed_port, free_port
 from tests.fixtures.agent import poll
 
