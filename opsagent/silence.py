@@ -18,12 +18,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from opsagent import __version__, secrets
-from opsagent.alerts.render import iso
 from opsagent.alerts.silences import Silence, SilenceStore
 from opsagent.config import Settings
+from opsagent.notify.message import iso
 from opsagent.units import DURATION_FORM, format_duration, parse_duration
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -79,7 +79,7 @@ def cmd_silence(settings: Settings, target: str, duration: str, comment: str | N
                       created_by=user)
     status = EXIT_OK
     problem: str | None = None
-    url = cast("str | None", settings.notify.alertmanager_url)  # the config's URL alias types as Any-or-None
+    url = settings.notify.alertmanager_url
     if url:
         try:
             am_id = alertmanager_silence(url, silence, settings.agent.name, settings.notify.timeout)

@@ -46,7 +46,7 @@ class AlertQuality:
         self.clock = clock
         policies = {t.name: t.slo for t in settings.checks.error_rate if t.slo is not None}
         self.budgets = ErrorBudgets(policies, state_dir)
-        override = settings.alerts.ErrorBudgetBurn  # type: ignore[attr-defined] # fields made from the catalogue
+        override = settings.alerts.ErrorBudgetBurn  # a field made from the catalogue
         self._burn_severity: str | None = override.severity if override is not None else None  # else per pair
         self.silence_store = SilenceStore(state_dir)
         self.maintenance = from_maintenance(settings.maintenance)

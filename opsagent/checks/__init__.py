@@ -7,9 +7,11 @@ Imports are lazy so the agent only loads the drivers its configuration uses
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from opsagent.checks.base import Check
 
 _MODULES = {
@@ -31,6 +33,7 @@ _MODULES = {
 KINDS = tuple(_MODULES)
 
 
-def check_class(kind: str) -> type[Check]:
+def check_class(kind: str) -> Callable[[Any], Check]:
+    """The kind's check class: called with its target model, it makes one check."""
     module_name, class_name = _MODULES[kind]
     return getattr(importlib.import_module(module_name), class_name)  # type: ignore[no-any-return]

@@ -291,7 +291,7 @@ class ErrorRateCheck:
         if latest is None or not latest.routes:
             return {}
         before = self._window.baseline_routes()
-        rows = []
+        rows: list[dict[str, Any]] = []
         for route, (total, errors) in latest.routes.items():
             b_total, b_errors = before.get(route, (0.0, 0.0))
             d_total, d_errors = (total - b_total, errors - b_errors) if total >= b_total else (total, errors)

@@ -21,12 +21,11 @@ import logging
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
-from pydantic import SecretStr
 
 from opsagent.checks.base import CheckError, Gauge, Reading, SimpleCheck
 from opsagent.config import RabbitMQTarget
@@ -92,7 +91,7 @@ class RabbitMQCheck(SimpleCheck):
 
     def __init__(self, target: RabbitMQTarget) -> None:
         self.target = target
-        url = cast(SecretStr, target.url).get_secret_value()
+        url = target.url.get_secret_value()
         self._params = pika.URLParameters(url)
         timeout = max(0.5, target.deadline * 0.6)
         self._params.socket_timeout = timeout
@@ -103,7 +102,7 @@ class RabbitMQCheck(SimpleCheck):
         self._params.client_properties = {"connection_name": "opsagent"}
         self._vhost = self._params.virtual_host
         self._management: tuple[str, str] | None = None
-        management_url = cast(SecretStr | None, target.management_url)
+        management_url = target.management_url
         if management_url is not None:
             self._management = management_auth(management_url.get_secret_value(), url)
         self._http_timeout = timeout

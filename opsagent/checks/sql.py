@@ -15,10 +15,9 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 from collections.abc import Mapping
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 import psycopg
-from pydantic import SecretStr
 
 from opsagent.checks.base import CheckError, Reading
 from opsagent.checks.postgres import ConnectionSlot, connect_kwargs, fetch_bounded
@@ -60,7 +59,7 @@ class SqlCheck:
 
     def __init__(self, target: SqlTarget) -> None:
         self.target = target
-        params = connect_kwargs(cast(SecretStr, target.dsn).get_secret_value(), target.deadline)
+        params = connect_kwargs(target.dsn.get_secret_value(), target.deadline)
         params["options"] = f"{params['options']} -c default_transaction_read_only=on"
         self._params = params
         self._slot = ConnectionSlot()

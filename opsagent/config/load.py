@@ -152,7 +152,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         try:
             settings = Settings(**data)
         except ValidationError as exc:
-            problems.extend(_problem(dict(e), raw_secrets) for e in exc.errors(include_url=False))
+            problems.extend(_problem(e, raw_secrets) for e in exc.errors(include_url=False))
             raise ConfigError(_dedupe(problems)) from None
         except (ValueError, json.JSONDecodeError) as exc:  # pydantic-settings: bad JSON in an env var
             problems.append(f"environment: {secrets.scrub(str(exc))}; complex values (lists, mappings) must be JSON")
