@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry
 
 from opsagent.backup.schedule import current_slot
 from opsagent.backup.service import BackupService
+from opsagent.cron import CrontabTrigger
 from opsagent.runtime.results import ResultStore
 from tests.fixtures.backup import SourceDb, backup_settings
 from tests.fixtures.servers import closed_port
 
-SLOT = datetime(2026, 11, 25, 14, 0, tzinfo=timezone.utc)
+SLOT = datetime(2026, 11, 25, 14, 0, tzinfo=UTC)
 
 
 def _registry(service: BackupService) -> CollectorRegistry:
@@ -36,18 +36,18 @@ def test_jobs_are_utc_cron_schedules_and_a_refresh(tmp_path: Path) -> None:
                                drill_dsn="postgresql://postgres@127.0.0.1:5432/postgres", drill_schedule="30 3 * * *")
     jobs = {job_id: trigger for job_id, trigger, _ in BackupService(settings, ResultStore()).jobs()}
     assert set(jobs) == {"backup", "drill", "backup_refresh"}
-    assert isinstance(jobs["backup"], CronTrigger) and str(jobs["backup"].timezone) == "UTC"
+    assert isinstance(jobs["backup"], CrontabTrigger) and str(jobs["backup"].timezone) == "UTC"
     assert jobs["backup"].get_next_fire_time(None, SLOT) == SLOT.replace(minute=15)
     assert isinstance(jobs["backup_refresh"], IntervalTrigger) and jobs["backup_refresh"].interval.total_seconds() == 30
 
 
 def test_slot_is_the_latest_fire_time_at_or_before_now() -> None:
     """A job that starts a little late still belongs to the slot it was scheduled for."""
-    trigger = CronTrigger.from_crontab("0 * * * *", timezone="UTC")
+    trigger = CrontabTrigger("0 * * * *")
     assert current_slot(trigger, SLOT.replace(minute=3, second=7)) == SLOT
     assert current_slot(trigger, SLOT) == SLOT
-    weekly = CronTrigger.from_crontab("30 3 * * sun", timezone="UTC")
-    assert current_slot(weekly, SLOT) == datetime(2026, 11, 22, 3, 30, tzinfo=timezone.utc)
+    weekly = CrontabTrigger("30 3 * * sun")
+    assert current_slot(weekly, SLOT) == datetime(2026, 11, 22, 3, 30, tzinfo=UTC)
 
 
 def test_a_slot_runs_once_and_the_next_slot_runs_again(tmp_path: Path, source_db: SourceDb) -> None:
@@ -145,7 +145,7 @@ def test_last_run_is_shared_through_the_repository(tmp_path: Path) -> None:
 
 def test_rds_snapshots_join_the_run_and_the_freshness_results(tmp_path: Path, aws) -> None:  # type: ignore[no-untyped-def]
     """With an RDS instance configured, the scheduled run snapshots and copies it, and its RPO is reported."""
-    
+
     boto3.client("rds", region_name="us-east-1").create_db_instance(
         DBInstanceIdentifier="app-db", DBInstanceClass="db.t3.micro", Engine="postgres",
         MasterUsername="postgres", MasterUserPassword="password123", AllocatedStorage=20)

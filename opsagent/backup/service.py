@@ -38,7 +38,7 @@ from opsagent.backup.schedule import (
     slot_key,
 )
 from opsagent.config import Settings
-from opsagent.cron import cron_trigger
+from opsagent.cron import CrontabTrigger, cron_trigger
 from opsagent.runtime.results import CheckResult, ResultStore
 
 log = structlog.get_logger("opsagent.backup")
@@ -108,7 +108,7 @@ class BackupService:
         b = self.settings.backup
         return bool(b.repository or b.rds_instances or b.elasticache_clusters)
 
-    def _scheduled(self, job: str, trigger: BaseTrigger) -> None:
+    def _scheduled(self, job: str, trigger: CrontabTrigger) -> None:
         try:
             slot = current_slot(trigger, datetime.fromtimestamp(self.clock(), timezone.utc))
             if slot is not None:

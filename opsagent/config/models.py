@@ -9,7 +9,6 @@ URLs and names are validated here; how problems are worded lives in
 from __future__ import annotations
 
 import contextvars
-import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -32,7 +31,7 @@ from pydantic_settings import (
 
 from opsagent import secrets
 from opsagent.alerts.catalog import ALARMS, AlarmSpec, ValueKind
-from opsagent.cron import cron_trigger
+from opsagent.cron import check as check_cron
 from opsagent.units import (
     DURATION_FORM,
     RATIO_FORM,
@@ -296,17 +295,9 @@ class RetentionPolicy(Model):
     weekly: Annotated[int, Field(ge=0)] = 12
 
 
-_CRON_FIELD = r"[0-9*/,\-A-Za-z?]+"
-
-
 def _check_cron(value: object) -> object:
-    if not isinstance(value, str) or not re.fullmatch(rf"\s*{_CRON_FIELD}(\s+{_CRON_FIELD}){{4}}\s*", value):
-        raise ValueError(f"{value!r} is not a cron expression; expected five fields such as '0 * * * *' (UTC)")
-    try:
-        cron_trigger(value)
-    except ValueError as exc:
-        raise ValueError(f"{value!r} is not a valid cron expression ({exc}); expected five fields such as '0 * * * *'") from None
-    return value
+    """crontab(5) exactly (:mod:`opsagent.cron`); six fields or a bad value is an error naming the form."""
+    return check_cron(value)
 
 
 Cron = Annotated[str, BeforeValidator(_check_cron)]
