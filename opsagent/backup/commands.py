@@ -12,12 +12,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from opsagent import secrets
+from opsagent import secrets, textio
 from opsagent.backup import engine as eng
 from opsagent.backup import pgdump, pgtools
-from opsagent.backup.drill import Drill, configured_endpoints, rds_drill_enabled
+from opsagent.backup.drill import Drill, rds_drill_enabled
 from opsagent.backup.engine import BackupEngine, describe
-from opsagent.backup.errors import BackupError, NotFound, TargetRefused
+from opsagent.backup.errors import BackupError, NotFound
 from opsagent.backup.manifest import Manifest, valid_id
 from opsagent.backup.progress import NullReporter, Reporter, TerminalReporter
 from opsagent.backup.repository import Repository
@@ -46,9 +46,7 @@ def _guarded(fn: Callable[[], int]) -> int:
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-    return "\n".join(lines)
+    return textio.table(header, [[str(c) for c in row] for row in rows])
 
 
 def _size(n: int | None) -> str:
@@ -135,7 +133,7 @@ def backup_list(settings: Settings, *, replica: bool, json_out: bool) -> int:
                  "yes" if i["verified"] else "no"] for i in items]
         if replicated is not None:
             header.append("REPLICATED")
-            for row, i in zip(rows, items):
+            for row, i in zip(rows, items, strict=True):
                 row.append("yes" if i["replicated"] else "no")
         print(_table(rows, header))
         return 0
@@ -170,11 +168,20 @@ def _locate(settings: Settings, backup_id: str) -> list[tuple[str, Repository, M
 
 
 def backup_verify(settings: Settings, backup_id: str) -> int:
+    """Exit 0 every copy intact, 1 any copy damaged, 2 no complete backup with that id."""
+    from opsagent.backup.restore import LATEST, UnknownBackup, resolve_latest
+
     def work() -> int:
         reporter = TerminalReporter(sys.stderr)
         damaged = False
-        for where, repo, manifest in _locate(settings, backup_id):
-            reporter.stage(f"verifying {backup_id} in the {where} repository", manifest.size)
+        try:
+            wanted = resolve_latest(settings, kind=None) if backup_id == LATEST else backup_id
+            located = _locate(settings, wanted)
+        except (NotFound, UnknownBackup) as exc:
+            print(f"error: {secrets.scrub(str(exc))}", file=sys.stderr)
+            return 2
+        for where, repo, manifest in located:
+            reporter.stage(f"verifying {manifest.id} in the {where} repository", manifest.size)
             problems = pgdump.verify_object(repo, manifest, progress=reporter.advance)
             reporter.finish()
             if problems:
@@ -192,32 +199,37 @@ def backup_verify(settings: Settings, backup_id: str) -> int:
 # -- restore -------------------------------------------------------------------------------------
 
 
-def restore(settings: Settings, backup_id: str, target_dsn: str, *, force: bool) -> int:
+def restore(settings: Settings, backup_id: str, target_dsn: str, *, force: bool, source: str = "auto",
+            jobs: int = 1, stage_dir: str | None = None) -> int:
+    """Exit 0 restored, 1 failed (nothing half-restored is left), 2 unknown id or bad arguments."""
+    from opsagent.backup.restore import Restorer, UnknownBackup
+
+    try:
+        pgtools.endpoint(target_dsn)
+    except Exception as exc:  # noqa: BLE001
+        print(f"error: --target is not a PostgreSQL DSN: {describe(exc)}", file=sys.stderr)
+        return 2
+    if jobs < 1:
+        print("error: --jobs must be at least 1", file=sys.stderr)
+        return 2
+
     def work() -> int:
-        try:
-            destination = pgtools.endpoint(target_dsn)
-        except Exception as exc:  # noqa: BLE001
-            return _fail(f"--target is not a PostgreSQL DSN: {describe(exc)}")
-        if destination in configured_endpoints(settings) and not force:
-            host, port, db = destination
-            raise TargetRefused(f"{host}:{port}/{db} is a configured target; restoring would overwrite it. "
-                                "Restore elsewhere, or pass --force if that is really what you want")
-        where, repo, manifest = _locate(settings, backup_id)[0]
-        if manifest.kind != "postgres":
-            return _fail(f"backup {backup_id} is a {manifest.kind} backup; only pg_dump backups restore with this command")
-        obj = manifest.objects[0]
         reporter = TerminalReporter(sys.stderr)
-        reporter.stage(f"restoring {backup_id} from the {where} repository into {secrets.mask_url(target_dsn)}", obj.size)
-        result = pgdump.restore_stream(repo.read(manifest.id, obj.name), target_dsn,
-                                       tool_override=settings.backup.pg_dump_path, progress=reporter.advance)
-        reporter.finish()
-        if result.sha256 != obj.sha256:
-            return _fail(f"backup {backup_id} is damaged (object {obj.name} SHA-256 differs from the manifest); "
-                         "the restore is incomplete — restore another backup" +
-                         (f"; {result.pg_restore_error}" if result.pg_restore_error else ""))
-        if result.pg_restore_error:
-            return _fail(result.pg_restore_error)
-        print(f"restored {backup_id} ({_size(obj.size)}) into {secrets.mask_url(target_dsn)}")
+        try:
+            outcome = Restorer(settings, reporter=reporter, jobs=jobs, stage_dir=stage_dir).restore(
+                backup_id, target_dsn, force=force, source=source)  # type: ignore[arg-type]  # argparse choices
+        except UnknownBackup as exc:
+            print(f"error: {secrets.scrub(str(exc))}", file=sys.stderr)
+            return 2
+        finally:
+            reporter.finish()
+        for reason in outcome.skipped:
+            print(f"warning: {secrets.scrub(reason)}", file=sys.stderr)
+        fallback = " (fell back: the primary copy was missing or damaged)" if outcome.used == "replica" and \
+            source == "auto" and settings.backup.repository else ""
+        print(f"restored {outcome.backup_id} ({_size(outcome.size)}) from the {outcome.used} copy "
+              f"({outcome.repository}){fallback} into database {outcome.database} of "
+              f"{secrets.mask_url(target_dsn)}" + (", replacing the database that was there" if outcome.replaced else ""))
         return 0
 
     return _guarded(work)

@@ -10,6 +10,7 @@ it, so a damaged object is named as such even when pg_restore trips first.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -71,6 +72,7 @@ def dump(dsn: str, target: str, repo: Repository, *, tool_override: str | None =
     started = clock()
     backup_id = new_id("postgres", target, started)
     conn = pgtools.connect(dsn, autocommit=False)
+    passfile = contextlib.ExitStack()  # the 0600 PGPASSFILE lives while pg_dump runs
     try:
         major, server_version = pgtools.server_major(conn)
         conn.rollback()
@@ -80,7 +82,7 @@ def dump(dsn: str, target: str, repo: Repository, *, tool_override: str | None =
         row = conn.execute("SELECT pg_export_snapshot()").fetchone()
         assert row is not None
         snapshot = str(row[0])
-        env, conninfo = pgtools.tool_env_and_conninfo(dsn)
+        env, conninfo = passfile.enter_context(pgtools.tool_environment(dsn))
         args = [tool.path, "--format=custom", "--compress=6", f"--snapshot={snapshot}", "--no-password",
                 f"--dbname={conninfo}"]
         log.info("backup_dump_started", kind="postgres", target=target, backup_id=backup_id, tool=tool.label,
@@ -122,6 +124,7 @@ def dump(dsn: str, target: str, repo: Repository, *, tool_override: str | None =
                     on_proc(None)
         conn.rollback()
     finally:
+        passfile.close()
         conn.close()
     manifest = Manifest(
         id=backup_id, kind="postgres", target=target, started=started, finished=clock(), size=info.size,
@@ -207,11 +210,10 @@ def restore_stream(chunks: Iterator[bytes], dsn: str, *, tool_override: str | No
     finally:
         conn.close()
     tool = pgtools.find_tool("pg_restore", major, tool_override)
-    env, conninfo = pgtools.tool_env_and_conninfo(dsn, dbname)
-    args = [tool.path, "--no-owner", "--exit-on-error", "--no-password", f"--dbname={conninfo}"]
     digest = hashlib.sha256()
     size = 0
-    with tempfile.TemporaryFile() as errfile:
+    with pgtools.tool_environment(dsn, dbname) as (env, conninfo), tempfile.TemporaryFile() as errfile:
+        args = [tool.path, "--no-owner", "--exit-on-error", "--no-password", f"--dbname={conninfo}"]
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errfile, env=env,
                                 start_new_session=True)
         if on_proc:
