@@ -143,3 +143,18 @@ def test_drill_without_drill_dsn_says_what_to_set(tmp_path: Path, source_db: Sou
     settings = backup_settings(tmp_path, dsn=source_db.dsn)
     [report] = Drill(settings).run()
     assert not report.ok and "backup.drill_dsn" in (report.error or "")
+
+
+def test_drill_dsn_on_a_target_server_is_a_config_error_unless_allowed(tmp_path: Path) -> None:
+    """`drill_dsn` on the server of a configured target exits 2 naming the key, unless drill_on_target_server."""
+    config = backup_config(tmp_path, dsn="postgresql://app@db.internal:5432/app",
+                           drill_dsn="postgresql://admin@db.internal:5432/postgres", drill_on_target_server=False)
+    path = write_config(tmp_path, config)
+    proc = subprocess.run([sys.executable, "-m", "opsagent", "config", "validate", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "backup.drill_dsn" in proc.stderr and "drill_on_target_server" in proc.stderr
+    config["backup"]["drill_on_target_server"] = True
+    path = write_config(tmp_path, config)
+    proc = subprocess.run([sys.executable, "-m", "opsagent", "config", "validate", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

@@ -18,7 +18,7 @@ from opsagent.backup import pgdump, pgtools
 from opsagent.backup.drill import Drill, rds_drill_enabled
 from opsagent.backup.engine import BackupEngine, describe
 from opsagent.backup.errors import BackupError, NotFound
-from opsagent.backup.manifest import Manifest, valid_id
+from opsagent.backup.manifest import Manifest, iso, valid_id
 from opsagent.backup.progress import NullReporter, Reporter, TerminalReporter
 from opsagent.backup.repository import Repository
 from opsagent.backup.service import fleet_lock
@@ -108,23 +108,30 @@ def backup_list(settings: Settings, *, replica: bool, json_out: bool) -> int:
         else:
             repo = eng.primary_repository(settings)
         manifests = repo.list()
-        replicated: set[str] | None = None
+        replicated: dict[str, Manifest] | None = None
         other = eng.replica_repository(settings) if not replica else None
         if other is not None:
             try:
-                replicated = {m.id for m in other.list()}
+                replicated = {m.id: m for m in other.list()}
             except Exception:  # noqa: BLE001 - listing the primary must not depend on the replica answering
                 replicated = None
         items = []
         for m in manifests:
             item = m.summary()
             item["repository"] = repo.url
+            item["valid"] = True
             if replicated is not None:
-                item["replicated"] = m.id in replicated
+                copy = replicated.get(m.id)
+                item["replicated"] = copy is not None
+                item["replicated_at"] = iso(copy.replicated_at) if copy is not None and copy.replicated_at else None
             items.append(item)
+        invalid = [{"id": bad, "repository": repo.url, "valid": False, "reason": reason}
+                   for bad, reason in sorted(repo.invalid().items())]
         if json_out:
-            print(json.dumps(items, indent=2))
+            print(json.dumps(items + invalid, indent=2))
             return 0
+        for entry in invalid:
+            print(f"warning: {entry['id']!r} in {repo.url} is not listed: {entry['reason']}", file=sys.stderr)
         if not items:
             print(f"no complete backups in {repo.url}")
             return 0

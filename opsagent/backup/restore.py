@@ -138,7 +138,8 @@ def locate(settings: Settings, backup_id: str, source: Source = "auto") -> tuple
         if repo is None:
             continue
         if manifest is None:
-            missing.append(f"{where} copy missing from {repo.url}")
+            reason = repo.invalid().get(backup_id)
+            missing.append(f"{where} copy in {repo.url}: {reason}" if reason else f"{where} copy missing from {repo.url}")
         else:
             found.append(Copy(where, repo, manifest))
     if not found:

@@ -31,6 +31,7 @@ from pydantic_settings import (
 
 from opsagent import secrets
 from opsagent.alerts.catalog import ALARMS, AlarmSpec, ValueKind
+from opsagent.config.backup_options import RetryPolicy, Watermark, drill_server_problem
 from opsagent.cron import check as check_cron
 from opsagent.units import (
     DURATION_FORM,
@@ -293,6 +294,7 @@ class RetentionPolicy(Model):
     hourly: Annotated[int, Field(ge=0)] = 48
     daily: Annotated[int, Field(ge=0)] = 30
     weekly: Annotated[int, Field(ge=0)] = 12
+    manual_keep: Duration = 86400.0  # hand-taken backups (backup run, POST /backup) are kept at least this long
 
 
 def _check_cron(value: object) -> object:
@@ -323,6 +325,12 @@ class BackupSection(Model):
     pg_dump_path: str | None = None
     snapshot_wait_timeout: Duration = 3600.0  # RDS/ElastiCache snapshot or cross-region copy becoming available
     rds_drill: bool = False  # drills also restore the newest replica-region RDS snapshot into a scratch instance
+    drill_on_target_server: bool = False  # allow drill_dsn on the server of a configured target
+    retry: RetryPolicy = RetryPolicy()  # a failed scheduled backup is retried within its slot
+    watermark: dict[TargetName, Watermark] = {}  # per postgres target: the drill proves the RPO from it
+    rds_pitr_replica: bool = False  # watch DR-region replicated automated backups (PITR) too
+    pitr_drill: bool = False  # a monthly point-in-time restore drill of the first rds_instances entry
+    pitr_drill_schedule: Cron | None = "0 4 1 * *"
 
     @model_validator(mode="after")
     def _coherent(self) -> BackupSection:
@@ -385,6 +393,14 @@ class Settings(BaseSettings):
                     f"backup.postgres[{i}] names {name!r}, which is not a checks.postgres target "
                     f"(known: {', '.join(sorted(known)) or 'none'})"
                 )
+        for name in self.backup.watermark:
+            if name not in self.backup.postgres:
+                raise ValueError(f"backup.watermark names {name!r}, which is not in backup.postgres")
+        if self.backup.drill_dsn is not None and not self.backup.drill_on_target_server:
+            problem = drill_server_problem(self.backup.drill_dsn.get_secret_value(),
+                                           [(t.name, t.dsn.get_secret_value()) for t in self.checks.postgres])
+            if problem:
+                raise ValueError(problem)
         return self
 
     # -- derived views -------------------------------------------------------------------------

@@ -91,7 +91,8 @@ def _config(tmp_path: Path, source: SourceDb, drill_db: str, **backup: Any) -> d
              "interval": "30s"}]},
         "backup": {"repository": f"s3://{PRIMARY}/prod", "replica": f"s3://{REPLICA}/prod", "replica_region": "eu-west-1",
                    "postgres": ["main"], "schedule": "0 0 1 1 *", "drill_schedule": None,
-                   "drill_dsn": f"postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{port}/{drill_db}", **backup},
+                   "drill_dsn": f"postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{port}/{drill_db}",
+                   "drill_on_target_server": True, **backup},
     }
 
 
