@@ -89,6 +89,10 @@ def backup_run(settings: Settings, *, json_out: bool) -> int:
                 print(_table(rows, ["KIND", "TARGET", "BACKUP", "ID", "SIZE", "REPLICA", "ERROR"]))
             else:
                 print("nothing to back up: backup.postgres, rds_instances and elasticache_clusters are empty")
+            if report.deleted:
+                print("\nexpired by retention:")
+                print(_table([[d.id, d.kind, d.target, d.repository] for d in report.deleted],
+                             ["ID", "KIND", "TARGET", "REPOSITORY"]))
             if report.error:
                 print(f"run failed: {report.error}", file=sys.stderr)
         return 0 if report.ok else 1

@@ -78,6 +78,7 @@ class Manifest:
     verified: bool = True  # every object's checksum confirmed by the store where this manifest lives
     replicated_at: float | None = None  # set on replica-side manifests
     region: str | None = None
+    trigger: str | None = None  # "manual" (backup run, POST /backup) or "schedule"; None in older manifests
 
     def to_json(self) -> bytes:
         data = asdict(self)
@@ -136,6 +137,7 @@ class Manifest:
             verified=bool(data.get("verified", True)),
             replicated_at=float(replicated_at) if replicated_at is not None else None,
             region=data.get("region"),
+            trigger=data.get("trigger") if isinstance(data.get("trigger"), str) else None,
         )
 
     def as_replica(self, replicated_at: float, region: str | None) -> Manifest:

@@ -67,8 +67,8 @@ def _tail(fh: object, limit: int = 1500) -> str:
 
 def dump(dsn: str, target: str, repo: Repository, *, tool_override: str | None = None,
          progress: Progress | None = None, on_proc: ProcHook | None = None,
-         clock: Callable[[], float] = time.time) -> Manifest:
-    """Dump one database into ``repo``; return the manifest, written last."""
+         clock: Callable[[], float] = time.time, trigger: str | None = None) -> Manifest:
+    """Dump one database into ``repo``; return the manifest, written last (``trigger``: manual or schedule)."""
     started = clock()
     backup_id = new_id("postgres", target, started)
     conn = pgtools.connect(dsn, autocommit=False)
@@ -129,7 +129,7 @@ def dump(dsn: str, target: str, repo: Repository, *, tool_override: str | None =
     manifest = Manifest(
         id=backup_id, kind="postgres", target=target, started=started, finished=clock(), size=info.size,
         compression=COMPRESSION, objects=(info,), server_version=server_version, tool_version=tool.label,
-        agent_version=__version__, tables=tables,
+        agent_version=__version__, tables=tables, trigger=trigger,
     )
     repo.write_manifest(manifest)
     log.info("backup_complete", kind="postgres", target=target, backup_id=backup_id, size=info.size,
