@@ -211,8 +211,14 @@ class BackupEngine:
         if proc is not None:
             pgdump.kill(proc)
 
-    def run(self, slot: datetime | None = None, trigger: str = "manual") -> RunReport:
-        """Back up everything ``backup`` names, replicate, apply retention; never raises."""
+    def run(self, slot: datetime | None = None, trigger: str = "manual", *, only: list[str] | None = None,
+            publish: bool = True) -> RunReport:
+        """Back up everything ``backup`` names, replicate, apply retention; never raises.
+
+        ``only`` (a retry within the slot) limits the run to those postgres targets and skips the
+        snapshots, which the slot's first attempt took; ``publish=False`` keeps the outcome private
+        until the slot's attempts are spent (so BackupFailed fires once, on the last one).
+        """
         b = self.settings.backup
         self.trigger = trigger  # recorded in each manifest: retention keeps hand-taken backups for manual_keep
         report = RunReport(started=self.clock(), trigger=trigger, slot=slot.isoformat() if slot else None)
@@ -231,7 +237,8 @@ class BackupEngine:
             for name in b.postgres:
                 if self.stop.is_set():
                     break
-                report.outcomes.append(self._postgres(name, primary, replica))
+                if only is None or name in only:
+                    report.outcomes.append(self._postgres(name, primary, replica))
             if replica is not None and not self.stop.is_set():
                 self._catch_up(primary, replica, report)
             if not self.stop.is_set():
@@ -243,7 +250,7 @@ class BackupEngine:
         except Exception as exc:  # noqa: BLE001 - a run reports, it does not crash the daemon
             report.error = describe(exc)
             log.error("backup_run_failed", error=report.error)
-        if not self.stop.is_set():
+        if not self.stop.is_set() and only is None:
             report.outcomes.extend(self._snapshots(slot))
         report.finished = self.clock()
         if self.stop.is_set():
@@ -252,8 +259,13 @@ class BackupEngine:
             report.interrupted = True
             log.warning("backup_run_interrupted", slot=report.slot)
             return report
-        self._publish(report)
+        if publish:
+            self._publish(report)
         return report
+
+    def publish(self, report: RunReport) -> None:
+        """Share a finished slot's outcome (the last attempt's, merged) with the fleet."""
+        self._publish(report)
 
     def _postgres(self, name: str, primary: Repository, replica: Repository | None) -> TargetOutcome:
         outcome = TargetOutcome(kind="postgres", target=name, ok=False, started=self.clock())

@@ -16,7 +16,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -31,10 +31,12 @@ from opsagent.backup.engine import BackupEngine, RunReport, describe
 from opsagent.backup.lock import FleetLock
 from opsagent.backup.manifest import Manifest, iso
 from opsagent.backup.repository import Repository
+from opsagent.backup.retry import run_with_retries
 from opsagent.backup.schedule import (
     SLOT_PREFIX,
     current_slot,
     expired_markers,
+    slot_end,
     slot_key,
 )
 from opsagent.config import Settings
@@ -93,13 +95,13 @@ class BackupService:
         if b.enabled and self._has_backups():
             trigger = cron_trigger(b.schedule)
             out.append(("backup", trigger, lambda: self._scheduled("backup", trigger)))
-        if b.enabled and b.drill_schedule and (b.drill_dsn and b.postgres or rds_drill_enabled(self.settings)):
+        if b.enabled and b.drill_schedule and ((b.drill_dsn and b.postgres) or rds_drill_enabled(self.settings)):
             drill_trigger = cron_trigger(b.drill_schedule)
             out.append(("drill", drill_trigger, lambda: self._scheduled("drill", drill_trigger)))
         if self._has_backups():
             # Started one interval minus a second ago: the first refresh runs a second after start-up,
             # so /status and the RPO alarms know the existing backups right away.
-            first = datetime.fromtimestamp(self.clock(), timezone.utc) - timedelta(seconds=REFRESH_SECONDS - 1)
+            first = datetime.fromtimestamp(self.clock(), UTC) - timedelta(seconds=REFRESH_SECONDS - 1)
             out.append(("backup_refresh", IntervalTrigger(seconds=REFRESH_SECONDS, start_date=first, timezone="UTC"),
                         self.refresh))
         return out
@@ -110,7 +112,7 @@ class BackupService:
 
     def _scheduled(self, job: str, trigger: CrontabTrigger) -> None:
         try:
-            slot = current_slot(trigger, datetime.fromtimestamp(self.clock(), timezone.utc))
+            slot = current_slot(trigger, datetime.fromtimestamp(self.clock(), UTC))
             if slot is not None:
                 self.run_slot(job, slot)
         except Exception as exc:  # noqa: BLE001 - a scheduled job never raises into the scheduler
@@ -139,7 +141,7 @@ class BackupService:
                     return "done"
                 log.info("backup_slot_started", job=job, slot=slot.isoformat(), lock=lock.mechanism)
                 if job == "backup":
-                    self._run_backup(slot, "schedule", lock.mechanism)
+                    self._scheduled_backup(slot, lock.mechanism)
                 else:
                     self._run_drill()
                 if self._stop.is_set():
@@ -156,25 +158,41 @@ class BackupService:
 
     def _prune_markers(self, repo: Repository, job: str) -> None:
         try:
-            now = datetime.fromtimestamp(self.clock(), timezone.utc)
+            now = datetime.fromtimestamp(self.clock(), UTC)
             for name in expired_markers(repo.list_state(f"{SLOT_PREFIX}{job}-"), now):
                 repo.delete_state(name)
         except Exception as exc:  # noqa: BLE001 - housekeeping; retried after the next run
             log.warning("backup_marker_prune_failed", error=describe(exc))
 
-    def _run_backup(self, slot: datetime | None, trigger: str, mechanism: str | None) -> RunReport:
+    def _run_backup(self, slot: datetime | None, trigger: str, mechanism: str | None,
+                    only: list[str] | None = None, final: bool = True) -> RunReport:
         engine = BackupEngine(self.settings, clock=self.clock, stop=self._stop, exclusive=mechanism != "none")
         self._engine = engine
         try:
-            report = engine.run(slot, trigger)
+            report = engine.run(slot, trigger, only=only, publish=final)
         finally:
             self._engine = None
         report.lock = mechanism
-        if report.interrupted:
+        if report.interrupted or not final:
             return report
         with self._state_lock:
             self._last_run = report
             self._snapshots_at = 0.0  # re-read the snapshots this run took
+        return report
+
+    def _scheduled_backup(self, slot: datetime, mechanism: str | None) -> RunReport:
+        """The slot's run with retries (:mod:`opsagent.backup.retry`); published once, when settled."""
+        b = self.settings.backup
+        end = slot_end(cron_trigger(b.schedule), slot).timestamp()
+        report = run_with_retries(lambda only: self._run_backup(slot, "schedule", mechanism, only, final=False),
+                                  list(b.postgres), b.retry, slot_end=end, clock=self.clock, stop=self._stop,
+                                  slot=slot.isoformat())
+        if report.interrupted or self._stop.is_set():
+            return report
+        BackupEngine(self.settings, clock=self.clock).publish(report)
+        with self._state_lock:
+            self._last_run = report
+            self._snapshots_at = 0.0
         return report
 
     def _run_drill(self) -> list[DrillReport]:
