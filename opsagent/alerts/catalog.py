@@ -84,6 +84,13 @@ ALARMS: dict[str, AlarmSpec] = {
         AlarmSpec("S3ReplicationDisabled", "s3_replication", 0.0, Comparison.GT, 0, "critical", ValueKind.FLAG,
                   "Bucket {target} has no enabled replication rule to its destination",
                   field="replication_disabled"),
+        # DR posture (issue 16, SPEC §9.3).
+        AlarmSpec("PITRStale", "pitr", 900.0, Comparison.GT, 0, "critical", ValueKind.DURATION,
+                  "Point-in-time recovery of RDS {target} lags behind"),
+        AlarmSpec("BackupPostureViolation", "posture", 0.0, Comparison.GT, 0, "warning", ValueKind.FLAG,
+                  "Backup posture of {target} fails an audit control"),
+        AlarmSpec("BackupClockSkew", "backup_skew", 0.0, Comparison.GT, 0, "warning", ValueKind.FLAG,
+                  "A backup of {target} is stamped in the future (a fleet member's clock is ahead)"),
     )
 }
 
