@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("drill", "restore the newest replica backup into drill_dsn, verify, time it")
     p.add_argument("--json", action="store_true")
 
+    p = command("audit", "the backup posture: one row per control and target (exit 1 if any fails)")
+    p.add_argument("--json", action="store_true", help="print one JSON list of {control, target, passed, detail}")
+
     p = command("rules", "Prometheus alerting rules")
     rsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
     _config_opt(rsub.add_parser("export", help="print alerting rules for the configured alarms"), argparse.SUPPRESS)
@@ -159,6 +162,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                                 jobs=args.jobs, stage_dir=args.stage_dir)
     if cmd == "drill":
         return commands.drill(settings, json_out=args.json)
+    if cmd == "audit":
+        from opsagent.backup.audit import audit_command
+
+        return audit_command(settings, json_out=args.json)
     raise AssertionError(cmd)
 
 

@@ -17,9 +17,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import structlog
 from psycopg import sql
 
@@ -29,6 +30,7 @@ from opsagent.backup.errors import BackupError, TargetRefused
 from opsagent.backup.manifest import Manifest, iso
 from opsagent.backup.progress import NullReporter, Reporter
 from opsagent.config import Settings
+from opsagent.config.backup_options import Watermark
 
 log = structlog.get_logger("opsagent.backup")
 
@@ -51,6 +53,8 @@ class DrillReport:
     scratch_database: str | None = None
     tables: int = 0
     kind: str = "postgres"
+    watermark: float | None = None  # newest watermark found in the restored copy (backup.watermark)
+    rpo_proven_seconds: float | None = None  # drill end minus that watermark
 
     @property
     def within_rto(self) -> bool:
@@ -77,9 +81,36 @@ def configured_endpoints(settings: Settings) -> set[tuple[str, int, str]]:
     for target in list(settings.checks.postgres) + list(settings.checks.pgbouncer):
         try:
             out.add(pgtools.endpoint(target.dsn.get_secret_value()))
-        except Exception:  # noqa: BLE001, S112 - an unparsable DSN cannot match anything
+        except Exception:  # noqa: BLE001 - an unparsable DSN cannot match anything
             continue
     return out
+
+
+def read_watermark(admin_dsn: str, database: str, watermark: Watermark) -> float:
+    """The newest watermark in the restored copy, as unix seconds; BackupError naming what is wrong."""
+    if watermark.query is not None:
+        query: sql.Composable = sql.SQL(watermark.query)  # type: ignore[arg-type]  # the operator's own SELECT
+        what = "backup.watermark query"
+    else:
+        schema, _, table = (watermark.table or "").rpartition(".")
+        name = sql.Identifier(schema, table) if schema else sql.Identifier(table)
+        query = sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(watermark.column or ""), name)
+        what = f"backup.watermark {watermark.table}.{watermark.column}"
+    conn = pgtools.connect(admin_dsn, dbname=database)
+    try:
+        conn.read_only = True
+        row = conn.execute(query).fetchone()
+    except psycopg.Error as exc:
+        raise BackupError(f"{what} cannot be read in the restored copy: {describe(exc)}") from None
+    finally:
+        conn.close()
+    value = row[0] if row else None
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise BackupError(f"{what} gave {value!r} in the restored copy, not a timestamp (an empty table has no "
+                      "watermark)")
 
 
 def rds_drill_enabled(settings: Settings) -> bool:
@@ -104,7 +135,7 @@ def drop_leftovers(admin_dsn: str) -> list[str]:
 
 
 def scratch_name(now: float) -> str:
-    stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%d%H%M%S")
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d%H%M%S")
     return f"{SCRATCH_PREFIX}{stamp}_{_random.token_hex(3)}"
 
 
@@ -143,6 +174,8 @@ class Drill:
                     log.error("drill_failed", target=target, error=report.error)
                 report.finished = self.clock()
                 report.duration_seconds = report.finished - started
+                if report.watermark is not None:
+                    report.rpo_proven_seconds = report.finished - report.watermark  # drill end − newest watermark
                 if report.ok and not report.within_rto:
                     log.warning("drill_exceeded_rto", target=target, duration=report.duration_seconds, rto=b.rto)
                 reports.append(report)
@@ -197,6 +230,12 @@ class Drill:
             if problems:
                 raise BackupError(f"restored {manifest.id} does not match what was backed up: " + "; ".join(problems[:5]))
             report.tables = len(manifest.tables)
+            watermark = self.settings.backup.watermark.get(target)
+            if watermark is not None:
+                report.watermark = read_watermark(admin_dsn, name, watermark)
+                report.rpo_proven_seconds = self.clock() - report.watermark
+                log.info("drill_rpo_proven", target=target, watermark=iso(report.watermark),
+                         rpo_proven_seconds=round(report.rpo_proven_seconds, 3))
         finally:
             try:
                 admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -206,7 +245,7 @@ class Drill:
 
     def _rds(self) -> list[DrillReport]:
         b = self.settings.backup
-        now = datetime.fromtimestamp(self.clock(), timezone.utc)
+        now = datetime.fromtimestamp(self.clock(), UTC)
         try:
             from opsagent.backup.rds_drill import run_rds_drill
 

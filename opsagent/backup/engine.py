@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -323,14 +323,14 @@ class BackupEngine:
         b = self.settings.backup
         if not (b.rds_instances or b.elasticache_clusters):
             return []
-        when = slot or datetime.fromtimestamp(self.clock(), timezone.utc)
+        when = slot or datetime.fromtimestamp(self.clock(), UTC)
         try:
             from opsagent.backup.snapshots import SnapshotManager
 
             manager = SnapshotManager(self.settings, clock=self.clock)
             self.reporter.stage("taking RDS/ElastiCache snapshots")
             results = manager.run_slot(when)
-            manager.apply_retention(datetime.fromtimestamp(self.clock(), timezone.utc))
+            manager.apply_retention(datetime.fromtimestamp(self.clock(), UTC))
         except Exception as exc:  # noqa: BLE001
             error = describe(exc)
             log.error("snapshot_run_failed", error=error)

@@ -98,11 +98,11 @@ class FleetLock:
                 # Unlock explicitly: the server frees a closed session's locks only when its backend
                 # has exited, a moment later, and the next agent (or slot) must not find it still held.
                 conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key(self.name),))  # type: ignore[attr-defined]
-            except Exception:  # noqa: BLE001, S110 - a dead session already lost the lock
+            except Exception:  # noqa: BLE001 - a dead session already lost the lock
                 pass
             try:
                 conn.close()  # type: ignore[attr-defined]
-            except Exception:  # noqa: BLE001, S110 - a dead connection already released it
+            except Exception:  # noqa: BLE001 - a dead connection already released it
                 pass
         fd, self._fd = self._fd, None
         if fd is not None:

@@ -112,7 +112,7 @@ def _delete(client: Any, instance: str) -> bool:
     """Delete a scratch instance without a final snapshot; False if it does not exist."""
     try:
         client.delete_db_instance(DBInstanceIdentifier=instance, SkipFinalSnapshot=True, DeleteAutomatedBackups=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if "NotFound" in error_code(exc):
             return False
         raise

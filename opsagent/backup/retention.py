@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 @dataclass(frozen=True)
@@ -26,17 +26,17 @@ class Item:
 
 
 def _hour(ts: float) -> tuple[int, ...]:
-    d = datetime.fromtimestamp(ts, timezone.utc)
+    d = datetime.fromtimestamp(ts, UTC)
     return (d.year, d.month, d.day, d.hour)
 
 
 def _day(ts: float) -> tuple[int, ...]:
-    d = datetime.fromtimestamp(ts, timezone.utc)
+    d = datetime.fromtimestamp(ts, UTC)
     return (d.year, d.month, d.day)
 
 
 def _week(ts: float) -> tuple[int, ...]:
-    year, week, _ = datetime.fromtimestamp(ts, timezone.utc).isocalendar()
+    year, week, _ = datetime.fromtimestamp(ts, UTC).isocalendar()
     return (year, week)
 
 

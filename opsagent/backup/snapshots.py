@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -180,8 +180,8 @@ class SnapshotRecord:
 def slot_utc(slot: datetime) -> datetime:
     """The slot as an aware UTC datetime (a naive datetime is taken to be UTC)."""
     if slot.tzinfo is None:
-        return slot.replace(tzinfo=timezone.utc)
-    return slot.astimezone(timezone.utc)
+        return slot.replace(tzinfo=UTC)
+    return slot.astimezone(UTC)
 
 
 def snapshot_id(target: str, slot: datetime) -> str:
@@ -205,7 +205,7 @@ def _parse_slot(value: str | None) -> datetime | None:
     if not value:
         return None
     try:
-        return datetime.strptime(value, _SLOT_TAG_FORMAT).replace(tzinfo=timezone.utc)
+        return datetime.strptime(value, _SLOT_TAG_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         return None
 
@@ -284,7 +284,7 @@ class _RdsAdapter(_Adapter):
         n = self.names
         try:
             getattr(client, n.create)(**{n.id_param: snap_id, n.source_param: target, "Tags": tags})
-        except Exception as exc:  # noqa: BLE001 - only the AlreadyExists code is expected here
+        except Exception as exc:
             if "AlreadyExists" in error_code(exc):
                 return False
             raise
@@ -321,7 +321,7 @@ class _RdsAdapter(_Adapter):
         n = self.names
         try:
             found = getattr(client, n.describe)(**{n.id_param: snap_id}).get(n.list_key, [])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if "NotFound" in error_code(exc):
                 return None
             raise
@@ -361,7 +361,7 @@ class _RdsAdapter(_Adapter):
             params["KmsKeyId"] = kms_key
         try:
             getattr(client, n.copy)(**params)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if "AlreadyExists" in error_code(exc):
                 return False
             raise
@@ -382,7 +382,7 @@ class _ElastiCacheAdapter(_Adapter):
             try:
                 client.describe_replication_groups(ReplicationGroupId=target)
                 self._group[target] = True
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if "NotFound" not in error_code(exc):
                     raise
                 self._group[target] = False
@@ -392,7 +392,7 @@ class _ElastiCacheAdapter(_Adapter):
         source = "ReplicationGroupId" if self._is_group(client, target) else "CacheClusterId"
         try:
             client.create_snapshot(SnapshotName=snap_id, Tags=tags, **{source: target})
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if "AlreadyExists" in error_code(exc):
                 return False
             raise
@@ -423,7 +423,7 @@ class _ElastiCacheAdapter(_Adapter):
     def get(self, client: Any, region: str, snap_id: str) -> SnapshotRecord | None:
         try:
             found = client.describe_snapshots(SnapshotName=snap_id).get("Snapshots", [])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if "NotFound" in error_code(exc):
                 return None
             raise
@@ -486,7 +486,7 @@ class SnapshotManager:
             try:
                 found = self._client("rds", self.region).describe_db_clusters(DBClusterIdentifier=target)
                 kind = "aurora" if found.get("DBClusters") else "rds"
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if "NotFound" not in error_code(exc):
                     raise
                 kind = "rds"
@@ -579,7 +579,7 @@ class SnapshotManager:
         tags = managed_tags(source.kind, source.tags.get(TARGET_TAG) or source.target or "", slot, self.region)
         try:
             started = adapter.copy(client, source, self.region, kms_key, tags)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if _is_kms_problem(exc):
                 raise SnapshotCopyError(
                     source.snapshot_id, region, kms_key,
