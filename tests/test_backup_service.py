@@ -215,3 +215,47 @@ def test_shutdown_mid_backup_is_not_a_failure_and_leaves_the_slot_open(tmp_path:
     assert store.get("backup_run", "main") is None or store.get("backup_run", "main").value == 0.0
     fresh = backup_settings(tmp_path, dsn=source_db.dsn)
     assert BackupService(fresh, ResultStore()).run_slot("backup", SLOT) == "ran"
+
+
+def test_status_says_null_rpo_and_next_runs_before_any_backup(tmp_path: Path) -> None:
+    """Without a complete backup /status shows rpo_seconds null, rpo_achieved null and the next run/drill times."""
+    now = [datetime(2026, 11, 24, 12, 10, tzinfo=UTC).timestamp()]  # a Tuesday
+    dsn = "postgresql://postgres@127.0.0.1:5432/postgres"
+    settings = backup_settings(tmp_path, dsn=dsn, schedule="0 3 * * */2", drill_dsn=dsn, drill_schedule="30 4 * * *")
+    store = ResultStore()
+    service = BackupService(settings, store, clock=lambda: now[0])
+    now[0] += 7200
+    service.refresh()
+    status = service.status()
+    assert status["rpo_achieved_seconds"] is None and status["targets"][0]["rpo_seconds"] is None
+    assert status["next_run_at"] == datetime(2026, 11, 26, 3, 0, tzinfo=UTC).timestamp()  # Thursday
+    assert status["next_drill_at"] == datetime(2026, 11, 25, 4, 30, tzinfo=UTC).timestamp()
+    reading = store.get("backup", "main")
+    assert reading.details["newest"] is None and reading.value == 7200.0  # BackupStale still fires after rpo
+
+
+def test_a_backup_stamped_in_the_future_is_not_counted_and_is_flagged(tmp_path: Path) -> None:
+    """A manifest 30 days ahead (a skewed fleet member) leaves the RPO unknown and raises the skew reading."""
+    import hashlib
+
+    from opsagent.backup.engine import primary_repository
+    from opsagent.backup.manifest import Manifest, ObjectInfo, new_id
+
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC).timestamp()
+    settings = backup_settings(tmp_path, dsn="postgresql://postgres@127.0.0.1:5432/postgres")
+    repo = primary_repository(settings)
+    future = now + 30 * 86400
+    backup_id = new_id("postgres", "main", future)
+    writer = repo.writer(backup_id, "data.dump")
+    writer.write(b"x")
+    info = writer.commit()
+    assert info.sha256 == hashlib.sha256(b"x").hexdigest()
+    repo.write_manifest(Manifest(id=backup_id, kind="postgres", target="main", started=future, finished=future,
+                                 size=1, compression="none", objects=(info,), server_version="15",
+                                 tool_version="pg_dump 15", agent_version="t"))
+    store = ResultStore()
+    service = BackupService(settings, store, clock=lambda: now)
+    service.refresh()
+    row = service.status()["targets"][0]
+    assert row["rpo_seconds"] is None and row["future_backups"] == [backup_id]
+    assert store.get("backup_skew", "main").value == 1.0 and backup_id in store.get("backup_skew", "main").details["error"]
