@@ -239,7 +239,7 @@ def test_a_backup_stamped_in_the_future_is_not_counted_and_is_flagged(tmp_path: 
     import hashlib
 
     from opsagent.backup.engine import primary_repository
-    from opsagent.backup.manifest import Manifest, ObjectInfo, new_id
+    from opsagent.backup.manifest import Manifest, new_id
 
     now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC).timestamp()
     settings = backup_settings(tmp_path, dsn="postgresql://postgres@127.0.0.1:5432/postgres")

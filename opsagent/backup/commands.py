@@ -68,11 +68,14 @@ def backup_run(settings: Settings, *, json_out: bool) -> int:
         reporter = _reporter(json_out)
         lock = fleet_lock(settings, "backup")
         if not lock.acquire(0):
+            if lock.unreachable:
+                return _fail(f"not backing up: {lock.unreachable}; without it another agent may be running")
             reporter.stage("another agent is running a backup; waiting for it to finish")
             if not lock.acquire(LOCK_WAIT_SECONDS):
-                return _fail(f"another backup run still holds the fleet lock after {LOCK_WAIT_SECONDS:.0f}s")
+                return _fail(lock.unreachable or
+                             f"another backup run still holds the fleet lock after {LOCK_WAIT_SECONDS:.0f}s")
         try:
-            report = BackupEngine(settings, reporter=reporter, exclusive=lock.mechanism != "none").run(None, "manual")
+            report = BackupEngine(settings, reporter=reporter, exclusive=lock.exclusive).run(None, "manual")
         finally:
             lock.release()
             reporter.finish()

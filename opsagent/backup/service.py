@@ -69,7 +69,7 @@ def fleet_lock(settings: Settings, job: str) -> FleetLock:
         repo = eng.primary_repository(settings)
         path = repo.lock_file()
         lock_file = path.with_name(f".opsagent-{job}.lock") if path else None
-    return FleetLock(f"{job}:{b.repository or 'snapshots'}", dsn, lock_file)
+    return FleetLock(f"{job}:{b.repository or 'snapshots'}", dsn, lock_file, required=b.lock_dsn is not None)
 
 
 class BackupService:
@@ -143,7 +143,10 @@ class BackupService:
         try:
             lock = fleet_lock(self.settings, job)
             if not lock.acquire(0):
-                log.info("backup_slot_taken", job=job, slot=slot.isoformat())
+                if lock.unreachable:
+                    log.error("backup_slot_skipped", job=job, slot=slot.isoformat(), reason=lock.unreachable)
+                else:
+                    log.info("backup_slot_taken", job=job, slot=slot.isoformat())
                 return "busy"
             self.lock_mechanism = lock.mechanism
             try:
@@ -154,7 +157,7 @@ class BackupService:
                     return "done"
                 log.info("backup_slot_started", job=job, slot=slot.isoformat(), lock=lock.mechanism)
                 if job == "backup":
-                    self._scheduled_backup(slot, lock.mechanism)
+                    self._scheduled_backup(slot, lock.mechanism, lock.exclusive)
                 else:
                     self._run_drill()
                 if self._stop.is_set():
@@ -178,8 +181,8 @@ class BackupService:
             log.warning("backup_marker_prune_failed", error=describe(exc))
 
     def _run_backup(self, slot: datetime | None, trigger: str, mechanism: str | None,
-                    only: list[str] | None = None, final: bool = True) -> RunReport:
-        engine = BackupEngine(self.settings, clock=self.clock, stop=self._stop, exclusive=mechanism != "none")
+                    only: list[str] | None = None, final: bool = True, exclusive: bool = True) -> RunReport:
+        engine = BackupEngine(self.settings, clock=self.clock, stop=self._stop, exclusive=exclusive)
         self._engine = engine
         try:
             report = engine.run(slot, trigger, only=only, publish=final)
@@ -193,11 +196,12 @@ class BackupService:
             self._snapshots_at = 0.0  # re-read the snapshots this run took
         return report
 
-    def _scheduled_backup(self, slot: datetime, mechanism: str | None) -> RunReport:
+    def _scheduled_backup(self, slot: datetime, mechanism: str | None, exclusive: bool) -> RunReport:
         """The slot's run with retries (:mod:`opsagent.backup.retry`); published once, when settled."""
         b = self.settings.backup
         end = slot_end(cron_trigger(b.schedule), slot).timestamp()
-        report = run_with_retries(lambda only: self._run_backup(slot, "schedule", mechanism, only, final=False),
+        report = run_with_retries(lambda only: self._run_backup(slot, "schedule", mechanism, only, final=False,
+                                                                exclusive=exclusive),
                                   list(b.postgres), b.retry, slot_end=end, clock=self.clock, stop=self._stop,
                                   slot=slot.isoformat())
         if report.interrupted or self._stop.is_set():
@@ -229,10 +233,11 @@ class BackupService:
             try:
                 lock = fleet_lock(self.settings, "backup")
                 if not lock.acquire(wait=3600.0, stop=self._stop):
-                    log.warning("backup_manual_run_skipped", reason="another agent holds the backup lock")
+                    log.warning("backup_manual_run_skipped",
+                                reason=lock.unreachable or "another agent holds the backup lock")
                     return
                 try:
-                    self._run_backup(None, "manual", lock.mechanism)
+                    self._run_backup(None, "manual", lock.mechanism, exclusive=lock.exclusive)
                 finally:
                     lock.release()
             except Exception as exc:  # noqa: BLE001
