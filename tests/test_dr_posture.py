@@ -152,3 +152,15 @@ def test_missing_dr_region_replication_is_said_plainly(aws: MotoServer) -> None:
     assert reading.replica_lag_seconds is None and "no replicated automated backups" in (reading.replica_error or "")
     unwrapped = read_instance(settings, "db2", time.time())  # moto answers HTML 500: an error, not a crash
     assert unwrapped.replica_error and unwrapped.replica_lag_seconds is None
+
+
+def test_pitr_drill_restores_to_the_latest_time_and_always_deletes_the_scratch_instance(
+        aws: MotoServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """`drill --json` with pitr_drill restores a scratch instance to its latest restorable time, passes, deletes it."""
+    make_instance("db3", BackupRetentionPeriod=7)
+    settings = Settings(backup={"rds_instances": ["db3"], "pitr_drill": True})
+    assert commands.drill(settings, json_out=True) == 0, capsys.readouterr().err
+    [drill] = json.loads(capsys.readouterr().out)["drills"]
+    assert drill["kind"] == "rds_pitr" and drill["target"] == "db3-pitr" and drill["passed"]
+    left = [i["DBInstanceIdentifier"] for i in rds().describe_db_instances()["DBInstances"]]
+    assert not [i for i in left if i.startswith("opsagent-drill-")] and "db3" in left

@@ -255,15 +255,15 @@ def restore(settings: Settings, backup_id: str, target_dsn: str, *, force: bool,
 def drill(settings: Settings, *, json_out: bool) -> int:
     def work() -> int:
         b = settings.backup
-        if not (b.postgres and b.drill_dsn) and not rds_drill_enabled(settings):
+        if not (b.postgres and b.drill_dsn) and not rds_drill_enabled(settings) and not (b.pitr_drill and b.rds_instances):
             return _fail("nothing to drill: set backup.drill_dsn (and backup.postgres), "
-                         "or backup.rds_drill with backup.rds_instances")
+                         "or backup.rds_drill / backup.pitr_drill with backup.rds_instances")
         reporter = _reporter(json_out)
         lock = fleet_lock(settings, "drill")
         if not lock.acquire(LOCK_WAIT_SECONDS):
             return _fail("another agent is running a drill")
         try:
-            reports = Drill(settings, reporter=reporter).run()
+            reports = Drill(settings, reporter=reporter, kinds=frozenset({"postgres", "rds", "rds_pitr"})).run()
         finally:
             lock.release()
             reporter.finish()

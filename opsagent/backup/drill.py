@@ -113,6 +113,12 @@ def read_watermark(admin_dsn: str, database: str, watermark: Watermark) -> float
                       "watermark)")
 
 
+def merge_reports(earlier: list[DrillReport], newer: list[DrillReport]) -> list[DrillReport]:
+    """The newest report per (kind, target): a monthly PITR drill does not erase the daily drills' results."""
+    fresh = {(r.kind, r.target) for r in newer}
+    return [r for r in earlier if (r.kind, r.target) not in fresh] + list(newer)
+
+
 def rds_drill_enabled(settings: Settings) -> bool:
     """The RDS snapshot drill (the snapshot engineer's) runs when asked for and RDS ids are configured."""
     return bool(getattr(settings.backup, "rds_drill", False) and settings.backup.rds_instances)
@@ -141,8 +147,10 @@ def scratch_name(now: float) -> str:
 
 class Drill:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time, reporter: Reporter | None = None,
-                 on_proc: pgdump.ProcHook | None = None, stop: threading.Event | None = None) -> None:
+                 on_proc: pgdump.ProcHook | None = None, stop: threading.Event | None = None,
+                 kinds: frozenset[str] = frozenset({"postgres", "rds"})) -> None:
         self.settings = settings
+        self.kinds = kinds  # which drills: postgres, rds (snapshot), rds_pitr (point in time; monthly)
         self.clock = clock
         self.reporter = reporter or NullReporter()
         self.on_proc = on_proc
@@ -152,7 +160,7 @@ class Drill:
         """One drill per postgres backup target, plus the RDS drill when RDS is configured; never raises."""
         b = self.settings.backup
         reports: list[DrillReport] = []
-        if b.postgres and (b.drill_dsn is not None or not rds_drill_enabled(self.settings)):
+        if "postgres" in self.kinds and b.postgres and (b.drill_dsn is not None or not rds_drill_enabled(self.settings)):
             leftovers_done = False
             for target in b.postgres:
                 if self.stop.is_set():
@@ -179,8 +187,10 @@ class Drill:
                 if report.ok and not report.within_rto:
                     log.warning("drill_exceeded_rto", target=target, duration=report.duration_seconds, rto=b.rto)
                 reports.append(report)
-        if rds_drill_enabled(self.settings) and not self.stop.is_set():
+        if "rds" in self.kinds and rds_drill_enabled(self.settings) and not self.stop.is_set():
             reports.extend(self._rds())
+        if "rds_pitr" in self.kinds and b.pitr_drill and b.rds_instances and not self.stop.is_set():
+            reports.append(self._pitr())
         if self.stop.is_set():
             # Shutdown is not a failed drill; the scratch database is dropped by the next drill.
             log.warning("drill_interrupted")
@@ -261,11 +271,22 @@ class Drill:
             return [DrillReport(target=b.rds_instances[0], ok=False, error=error, started=at, finished=at,
                                 duration_seconds=0.0, rto_seconds=b.rto, kind="rds")]
 
+    def _pitr(self) -> DrillReport:
+        from opsagent.backup.pitr_drill import run_pitr_drill
+
+        self.reporter.stage("RDS point-in-time restore drill")
+        out = run_pitr_drill(self.settings, datetime.fromtimestamp(self.clock(), UTC))
+        return DrillReport(target=f"{out.target}-pitr", ok=out.ok, error=out.error, started=out.started,
+                           finished=out.finished, duration_seconds=out.duration_seconds,
+                           rto_seconds=self.settings.backup.rto, kind="rds_pitr")
+
     def _publish(self, reports: list[DrillReport]) -> None:
         if not reports:
             return
         try:
-            primary_repository(self.settings).put_state(
-                LAST_DRILL, json.dumps([r.to_dict() for r in reports]).encode())
+            repo = primary_repository(self.settings)
+            raw = repo.get_state(LAST_DRILL)
+            earlier = [DrillReport.from_dict(d) for d in json.loads(raw)] if raw else []
+            repo.put_state(LAST_DRILL, json.dumps([r.to_dict() for r in merge_reports(earlier, reports)]).encode())
         except Exception as exc:  # noqa: BLE001
             log.warning("drill_state_write_failed", error=describe(exc))

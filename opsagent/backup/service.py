@@ -27,7 +27,7 @@ from prometheus_client.core import Metric
 from opsagent.backup import engine as eng
 from opsagent.backup import pgdump
 from opsagent.backup.audit import Control, posture_by_target, run_audit
-from opsagent.backup.drill import LAST_DRILL, Drill, DrillReport, rds_drill_enabled
+from opsagent.backup.drill import LAST_DRILL, Drill, DrillReport, merge_reports, rds_drill_enabled
 from opsagent.backup.engine import BackupEngine, RunReport, describe
 from opsagent.backup.freshness import Freshness, newest_by_target, postgres_row, snapshot_row
 from opsagent.backup.lock import FleetLock
@@ -81,7 +81,7 @@ class BackupService:
         self.clock = clock
         self.started = clock()
         self._stop = threading.Event()
-        self._busy = {"backup": threading.Lock(), "drill": threading.Lock()}
+        self._busy = {"backup": threading.Lock(), "drill": threading.Lock(), "pitr_drill": threading.Lock()}
         self._threads: list[threading.Thread] = []
         self._engine: BackupEngine | None = None
         self._drill_proc: Any = None  # a running drill's pg_restore, killed on stop
@@ -111,6 +111,9 @@ class BackupService:
         if b.enabled and b.drill_schedule and ((b.drill_dsn and b.postgres) or rds_drill_enabled(self.settings)):
             drill_trigger = cron_trigger(b.drill_schedule)
             out.append(("drill", drill_trigger, lambda: self._scheduled("drill", drill_trigger)))
+        if b.enabled and b.pitr_drill and b.pitr_drill_schedule and b.rds_instances:
+            pitr_trigger = cron_trigger(b.pitr_drill_schedule)
+            out.append(("pitr_drill", pitr_trigger, lambda: self._scheduled("pitr_drill", pitr_trigger)))
         if self._has_backups():
             # Started one interval minus a second ago: the first refresh runs a second after start-up,
             # so /status and the RPO alarms know the existing backups right away.
@@ -159,7 +162,7 @@ class BackupService:
                 if job == "backup":
                     self._scheduled_backup(slot, lock.mechanism, lock.exclusive)
                 else:
-                    self._run_drill()
+                    self._run_drill(frozenset({"rds_pitr"}) if job == "pitr_drill" else frozenset({"postgres", "rds"}))
                 if self._stop.is_set():
                     return "interrupted"  # no marker: the slot is not done
                 if repo is not None:
@@ -212,12 +215,12 @@ class BackupService:
             self._snapshots_at = 0.0
         return report
 
-    def _run_drill(self) -> list[DrillReport]:
-        drill = Drill(self.settings, clock=self.clock, stop=self._stop, on_proc=self._remember_proc)
+    def _run_drill(self, kinds: frozenset[str] = frozenset({"postgres", "rds"})) -> list[DrillReport]:
+        drill = Drill(self.settings, clock=self.clock, stop=self._stop, on_proc=self._remember_proc, kinds=kinds)
         reports = drill.run()
         if reports:  # empty when interrupted by shutdown
             with self._state_lock:
-                self._last_drill = reports
+                self._last_drill = merge_reports(self._last_drill, reports)
         return reports
 
     def _remember_proc(self, proc: Any) -> None:
