@@ -39,11 +39,12 @@ def _object(raw: object) -> ObjectInfo:
     name, size, sha256 = raw.get("name"), raw.get("size"), raw.get("sha256")
     _require(isinstance(name, str) and bool(_OBJECT_NAME.match(name)) and name != MANIFEST_NAME,
              f"object name {name!r} is not a single file name of letters, digits, '.', '_' and '-'")
-    _require(isinstance(size, int) and not isinstance(size, bool) and size >= 0, f"object {name}: size {size!r} is not a byte count")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InvalidManifest(f"object {name}: size {size!r} is not a byte count")
     _require(isinstance(sha256, str) and bool(_SHA256.match(sha256)), f"object {name}: sha256 is not 64 hex digits")
     store = raw.get("store_checksum")
     _require(store is None or isinstance(store, str), f"object {name}: store_checksum is not a string")
-    return ObjectInfo(name=str(name), size=int(size), sha256=str(sha256), store_checksum=store)  # type: ignore[arg-type]  # checked above
+    return ObjectInfo(name=str(name), size=int(size), sha256=str(sha256), store_checksum=store)
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,9 @@ class Manifest:
             target=data["target"],
             started=float(data["started"]),
             finished=float(data["finished"]),
-            size=int(size),  # type: ignore[arg-type]  # checked above
+            size=int(size),
             compression=data["compression"],
-            objects=tuple(_object(o) for o in objects),  # type: ignore[union-attr]  # checked above
+            objects=tuple(_object(o) for o in objects),
             server_version=data.get("server_version"),
             tool_version=data.get("tool_version"),
             agent_version=str(data.get("agent_version", "?")),

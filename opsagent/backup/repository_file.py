@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins  # the repositories have a list() method, which shadows list in their annotations
 import hashlib
 import os
 import shutil
@@ -157,7 +158,7 @@ class FileRepository:
         (self._dir(backup_id) / MANIFEST_NAME).unlink(missing_ok=True)  # invisible first
         shutil.rmtree(self._dir(backup_id), ignore_errors=True)
 
-    def cleanup_incomplete(self, keep_after: float | None = None) -> list[str]:
+    def cleanup_incomplete(self, keep_after: float | None = None) -> builtins.list[str]:
         """Remove manifest-less backups (started before ``keep_after`` if given: others may be in flight)."""
         base = self.root / BACKUPS
         removed = []
@@ -178,7 +179,7 @@ class FileRepository:
         except FileNotFoundError:
             return None
 
-    def list_state(self, prefix: str) -> list[str]:
+    def list_state(self, prefix: str) -> builtins.list[str]:
         base = self.root / STATE
         return sorted(str(p.relative_to(base)) for p in base.glob(f"{prefix}*") if p.is_file()) if base.is_dir() else []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import builtins  # the repositories have a list() method, which shadows list in their annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,7 +189,7 @@ class S3Repository:
                 self._invalid[name] = "key prefix is not a backup id"
         return self._cache.resolve([i for i in ids if valid_id(i)], self.manifest)
 
-    def _delete_keys(self, keys: list[str]) -> None:
+    def _delete_keys(self, keys: builtins.list[str]) -> None:
         for start in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[start:start + 1000]]
             if batch:
@@ -201,7 +202,7 @@ class S3Repository:
         self.s3.delete_object(Bucket=self.bucket, Key=manifest_key)  # invisible first
         self._delete_keys(list(self._keys(f"{self.prefix}{BACKUPS}/{backup_id}/")))
 
-    def cleanup_incomplete(self, keep_after: float | None = None) -> list[str]:
+    def cleanup_incomplete(self, keep_after: float | None = None) -> builtins.list[str]:
         """Remove manifest-less objects and abandoned multipart uploads (see FileRepository)."""
         removed = []
         for backup_id, keys in self._grouped().items():
@@ -226,7 +227,7 @@ class S3Repository:
     def get_state(self, name: str) -> bytes | None:
         return self._get(f"{self.prefix}{STATE}/{name}")
 
-    def list_state(self, prefix: str) -> list[str]:
+    def list_state(self, prefix: str) -> builtins.list[str]:
         base = f"{self.prefix}{STATE}/"
         return sorted(key[len(base):] for key in self._keys(base + prefix))
 
