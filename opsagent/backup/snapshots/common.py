@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from opsagent import aws, secrets
+from opsagent.backup.errors import BackupError
 from opsagent.units import format_duration
 
 log = structlog.get_logger("opsagent.snapshots")
@@ -50,7 +51,7 @@ def _default_client(service: str, region: str) -> Any:
 # -- errors ---------------------------------------------------------------------------------------
 
 
-class SnapshotError(Exception):
+class SnapshotError(BackupError):
     """A snapshot step failed; the message names the snapshot, the region and what to fix."""
 
 
@@ -108,6 +109,12 @@ def error_code(exc: BaseException) -> str:
     if isinstance(response, dict):
         return str(response.get("Error", {}).get("Code", ""))
     return ""
+
+
+def already_exists(exc: BaseException) -> bool:
+    """AWS says the thing we asked to create exists (``DBSnapshotAlreadyExists``, ``SnapshotAlreadyExistsFault``…):
+    for slot-derived ids that means this slot's work was done already."""
+    return "AlreadyExists" in error_code(exc)
 
 
 def _is_kms_problem(exc: BaseException) -> bool:

@@ -14,6 +14,7 @@ from opsagent.backup.snapshots.common import (
     _parse_slot,
     _tag_dict,
     _unix,
+    already_exists,
     error_code,
 )
 from opsagent.backup.snapshots.rds import _Adapter
@@ -46,7 +47,7 @@ class _ElastiCacheAdapter(_Adapter):
         try:
             client.create_snapshot(SnapshotName=snap_id, Tags=tags, **{source: target})
         except Exception as exc:
-            if "AlreadyExists" in error_code(exc):
+            if already_exists(exc):
                 return False
             raise
         return True

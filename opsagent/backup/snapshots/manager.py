@@ -24,6 +24,7 @@ from opsagent.backup.snapshots.common import (
     SnapshotTimeoutError,
     _default_client,
     _is_kms_problem,
+    already_exists,
     describe,
     error_code,
     managed_tags,
@@ -201,7 +202,7 @@ class SnapshotManager:
             client.copy_snapshot(SourceSnapshotName=record.snapshot_id, TargetSnapshotName=key,
                                  TargetBucket=parts.netloc)
         except Exception as exc:  # noqa: BLE001
-            if "AlreadyExists" in error_code(exc):
+            if already_exists(exc):
                 return None, None
             unsupported = type(exc).__name__ == "ResponseParserError" or error_code(exc) in (
                 "InvalidParameterValue", "InvalidParameterCombination", "InvalidSnapshotState",

@@ -15,6 +15,7 @@ from opsagent.backup.snapshots.common import (
     _RdsKind,
     _tag_dict,
     _unix,
+    already_exists,
     error_code,
 )
 
@@ -46,7 +47,7 @@ class _RdsAdapter(_Adapter):
         try:
             getattr(client, n.create)(**{n.id_param: snap_id, n.source_param: target, "Tags": tags})
         except Exception as exc:
-            if "AlreadyExists" in error_code(exc):
+            if already_exists(exc):
                 return False
             raise
         return True
@@ -123,7 +124,7 @@ class _RdsAdapter(_Adapter):
         try:
             getattr(client, n.copy)(**params)
         except Exception as exc:
-            if "AlreadyExists" in error_code(exc):
+            if already_exists(exc):
                 return False
             raise
         return True
