@@ -164,3 +164,16 @@ def test_pitr_drill_restores_to_the_latest_time_and_always_deletes_the_scratch_i
     assert drill["kind"] == "rds_pitr" and drill["target"] == "db3-pitr" and drill["passed"]
     left = [i["DBInstanceIdentifier"] for i in rds().describe_db_instances()["DBInstances"]]
     assert not [i for i in left if i.startswith("opsagent-drill-")] and "db3" in left
+
+
+def test_elasticache_without_automatic_snapshots_fails_its_control(aws: MotoServer) -> None:
+    """A cache cluster with SnapshotRetentionLimit 0 fails elasticache_snapshot_retention, naming the limit."""
+    from opsagent.backup.audit import run_audit
+
+    boto3.client("elasticache", region_name="us-east-1").create_cache_cluster(
+        CacheClusterId="cache1", Engine="redis", CacheNodeType="cache.t3.micro", NumCacheNodes=1,
+        SnapshotRetentionLimit=0)
+    settings = Settings(backup={"elasticache_clusters": ["cache1"]})
+    [row] = run_audit(settings, time.time())
+    assert row.control == "elasticache_snapshot_retention" and row.target == "cache1"
+    assert not row.passed and "SnapshotRetentionLimit is 0" in row.detail
