@@ -5,9 +5,9 @@ In the style of the RDS snapshot drill (:mod:`opsagent.backup.rds_drill`):
 ``backup.rds_instances`` entry into a scratch instance ``opsagent-drill-pitr-<ts>``
 tagged ``opsagent:drill=true``, wait for it (at most ``backup.rto``), check it
 (available, an endpoint, the source's engine), validate it with SQL when
-``backup.pitr_drill_dsn`` is set (a DSN whose ``{host}`` and ``{port}`` are filled
-with the restored endpoint; it runs ``SELECT 1``, and the target's watermark query
-when one is configured), and always delete the scratch instance. Leftovers of a
+``backup.pitr_drill_dsn`` is set (user, password and database of the source; its
+host and port are replaced by the restored instance's endpoint; it runs
+``SELECT 1``), and always delete the scratch instance. Leftovers of a
 crashed drill carry the prefix and the tag and are removed by the next drill.
 """
 
@@ -42,10 +42,12 @@ def pitr_instance_id(now: datetime) -> str:
     return f"{PITR_PREFIX}{slot_utc(now).strftime('%Y%m%d%H%M%S')}"
 
 
-def _validate_sql(template: str, endpoint: dict[str, Any]) -> None:
+def _validate_sql(credentials_dsn: str, endpoint: dict[str, Any]) -> None:
+    from psycopg.conninfo import make_conninfo
+
     from opsagent.backup import pgtools
 
-    dsn = template.replace("{host}", str(endpoint.get("Address"))).replace("{port}", str(endpoint.get("Port")))
+    dsn = make_conninfo(credentials_dsn, host=str(endpoint.get("Address")), port=str(endpoint.get("Port")))
     conn = pgtools.connect(dsn)
     try:
         row = conn.execute("SELECT 1").fetchone()

@@ -331,7 +331,7 @@ class BackupSection(Model):
     rds_pitr_replica: bool = False  # watch DR-region replicated automated backups (PITR) too
     pitr_drill: bool = False  # a monthly point-in-time restore drill of the first rds_instances entry
     pitr_drill_schedule: Cron | None = "0 4 1 * *"
-    pitr_drill_dsn: PostgresDsn | None = None  # SQL check of the PITR scratch instance; {host}/{port} filled in
+    pitr_drill_dsn: PostgresDsn | None = None  # SQL check of the PITR scratch instance (its host/port replaced)
 
     @model_validator(mode="after")
     def _coherent(self) -> BackupSection:
