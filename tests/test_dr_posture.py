@@ -177,3 +177,18 @@ def test_elasticache_without_automatic_snapshots_fails_its_control(aws: MotoServ
     [row] = run_audit(settings, time.time())
     assert row.control == "elasticache_snapshot_retention" and row.target == "cache1"
     assert not row.passed and "SnapshotRetentionLimit is 0" in row.detail
+
+
+def test_bucket_default_encryption_counts_and_its_absence_fails(aws: MotoServer, tmp_path: Path) -> None:
+    """Without backup.kms_key_id the encryption control reads the bucket's default encryption: on passes, off fails."""
+    from opsagent.backup.audit import run_audit
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    for bucket in ("enc-on", "enc-off"):
+        s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_encryption(Bucket="enc-on", ServerSideEncryptionConfiguration={
+        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
+    for bucket, passed in (("enc-on", True), ("enc-off", False)):
+        settings = Settings(**backup_config(tmp_path, dsn="postgresql://a@db.invalid/app", repository=f"s3://{bucket}/p"))
+        [row] = [r for r in run_audit(settings, time.time()) if r.control == "encryption"]
+        assert row.passed is passed, row.detail
