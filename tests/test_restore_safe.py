@@ -182,3 +182,15 @@ def test_kill_9_mid_restore_leaves_no_database_behind(tmp_path: Path, source_db:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_missing_primary_object_also_falls_back_to_the_replica(
+        settings: Settings, source_db: SourceDb, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With the primary copy's object gone (its manifest still there), restore uses the replica copy."""
+    backup_id = _backup(settings, capsys)
+    (tmp_path / "primary" / "backups" / backup_id / "data.dump").unlink()
+    target = f"missing_{source_db.server.port}_{os.getpid()}"
+    assert commands.restore(settings, backup_id, source_db.server.dsn(target), force=False) == 0
+    captured = capsys.readouterr()
+    assert "from the replica copy" in captured.out and "missing" in captured.err
+    assert fingerprint(source_db, target) == fingerprint(source_db, source_db.dbname)

@@ -224,7 +224,7 @@ class Drill:
             obj = manifest.objects[0]
             self.reporter.stage(f"restoring {manifest.id} into scratch database {name}", obj.size)
             result = pgdump.restore_stream(repo.read(manifest.id, obj.name), admin_dsn, dbname=name,
-                                           tool_override=self.settings.backup.pg_dump_path,
+                                           manifest=manifest, tool_override=self.settings.backup.pg_dump_path,
                                            progress=self.reporter.advance, on_proc=self.on_proc)
             if result.sha256 != obj.sha256 or result.size != obj.size:
                 raise BackupError(

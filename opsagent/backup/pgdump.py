@@ -200,10 +200,20 @@ class RestoreResult:
     pg_restore_error: str | None
 
 
+def archive_for_tool(stored: Iterator[bytes], manifest: Manifest | None) -> Iterator[bytes]:
+    """What pg_restore reads, from an object's stored bytes: the one place a decompression step belongs.
+
+    Today the stored object is pg_dump's own custom format, given to pg_restore unchanged. Restore,
+    staged restore (``--jobs``) and the drill all go through here; checksums are taken on the stored
+    bytes, before this step.
+    """
+    return stored
+
+
 def restore_stream(chunks: Iterator[bytes], dsn: str, *, tool_override: str | None = None,
                    progress: Progress | None = None, on_proc: ProcHook | None = None,
-                   dbname: str | None = None) -> RestoreResult:
-    """Pipe an archive into pg_restore while hashing it; the caller judges hash and error together."""
+                   dbname: str | None = None, manifest: Manifest | None = None) -> RestoreResult:
+    """Pipe an archive into pg_restore while hashing its stored bytes; the caller judges hash and error together."""
     conn = pgtools.connect(dsn, dbname=dbname)
     try:
         major, _ = pgtools.server_major(conn)
@@ -221,11 +231,17 @@ def restore_stream(chunks: Iterator[bytes], dsn: str, *, tool_override: str | No
         try:
             assert proc.stdin is not None
             broken = False
-            for chunk in chunks:
-                digest.update(chunk)
-                size += len(chunk)
-                if progress:
-                    progress(size)
+
+            def stored() -> Iterator[bytes]:
+                nonlocal size
+                for chunk in chunks:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if progress:
+                        progress(size)
+                    yield chunk
+
+            for chunk in archive_for_tool(stored(), manifest):
                 if not broken:
                     try:
                         proc.stdin.write(chunk)

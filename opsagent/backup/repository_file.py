@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from opsagent.backup.errors import BackupError
+from opsagent.backup.errors import BackupError, ObjectMissing
 from opsagent.backup.manifest import MANIFEST_NAME, Manifest, ObjectInfo, valid_id
 from opsagent.backup.store import (
     BACKUPS,
@@ -124,7 +124,7 @@ class FileRepository:
         checked(backup_id, name)
         path = self._dir(backup_id) / name
         if not path.exists():
-            raise BackupError(f"backup {backup_id}: object {name} is missing from {self.url}")
+            raise ObjectMissing(f"backup {backup_id}: object {name} is missing from {self.url}")
         with open(path, "rb") as fh:
             while chunk := fh.read(CHUNK):
                 yield chunk

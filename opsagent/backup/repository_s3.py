@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 
-from opsagent.backup.errors import BackupError
+from opsagent.backup.errors import BackupError, ObjectMissing
 from opsagent.backup.manifest import MANIFEST_NAME, Manifest, ObjectInfo, valid_id
 from opsagent.backup.store import (
     BACKUPS,
@@ -138,7 +138,7 @@ class S3Repository:
         try:
             body = self.s3.get_object(Bucket=self.bucket, Key=self._key(backup_id, name))["Body"]
         except self.s3.exceptions.NoSuchKey:
-            raise BackupError(f"backup {backup_id}: object {name} is missing from {self.url}") from None
+            raise ObjectMissing(f"backup {backup_id}: object {name} is missing from {self.url}") from None
         try:
             yield from body.iter_chunks(CHUNK)
         finally:

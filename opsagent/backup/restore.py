@@ -46,7 +46,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from opsagent import secrets
 from opsagent.backup import engine as eng
 from opsagent.backup import pgdump, pgtools
-from opsagent.backup.errors import BackupError, NotFound, TargetRefused
+from opsagent.backup.errors import BackupError, NotFound, ObjectMissing, TargetRefused
 from opsagent.backup.janitor import Janitor
 from opsagent.backup.manifest import Manifest, ObjectInfo, valid_id
 from opsagent.backup.progress import NullReporter, Reporter
@@ -191,14 +191,6 @@ def maintenance_dsn(dsn: str) -> str:
 # -- the restore ----------------------------------------------------------------------------------
 
 
-def archive_for_tool(stored: Iterator[bytes], manifest: Manifest) -> Iterator[bytes]:
-    """What pg_restore reads, from the stored bytes: the one place a decompression step belongs.
-
-    Today the stored object is pg_dump's own custom format, given to pg_restore unchanged.
-    """
-    return stored
-
-
 class _Hashed:
     """The stored bytes of one object, hashed and counted as they are read."""
 
@@ -216,10 +208,15 @@ class _Hashed:
             yield chunk
 
     def check(self, copy: Copy, obj: ObjectInfo) -> None:
-        if self.size != obj.size or self.digest.hexdigest() != obj.sha256:
-            raise DamagedCopy(f"the {copy.where} copy of {copy.manifest.id} in {copy.repo.url} is damaged: object "
-                              f"{obj.name} has {self.size} bytes with SHA-256 {self.digest.hexdigest()[:16]}…, the "
-                              f"manifest recorded {obj.size} bytes with {obj.sha256[:16]}…")
+        check_stored(copy, obj, self.digest.hexdigest(), self.size)
+
+
+def check_stored(copy: Copy, obj: ObjectInfo, sha256: str, size: int) -> None:
+    """DamagedCopy unless the bytes read are the object the manifest recorded (size and SHA-256, as verify checks)."""
+    if size != obj.size or sha256 != obj.sha256:
+        raise DamagedCopy(f"the {copy.where} copy of {copy.manifest.id} in {copy.repo.url} is damaged: object "
+                          f"{obj.name} has {size} bytes with SHA-256 {sha256[:16]}…, the manifest recorded "
+                          f"{obj.size} bytes with {obj.sha256[:16]}…")
 
 
 def _database_exists(conn: psycopg.Connection[tuple[object, ...]], name: str) -> bool:
@@ -316,20 +313,17 @@ class Restorer:
         obj = manifest.objects[0]
         self.reporter.stage(f"restoring {manifest.id} from the {copy.where} copy ({copy.repo.url})", obj.size)
         try:
-            stored = _Hashed(copy.repo.read(manifest.id, obj.name), self.reporter.advance)
             if self.jobs > 1:
+                stored = _Hashed(copy.repo.read(manifest.id, obj.name), self.reporter.advance)
                 self._staged(copy, obj, stored, admin_dsn, scratch, janitor)
                 return
-            result = pgdump.restore_stream(archive_for_tool(iter(stored), manifest), admin_dsn, dbname=scratch,
-                                           tool_override=self.settings.backup.pg_dump_path,
+            result = pgdump.restore_stream(copy.repo.read(manifest.id, obj.name), admin_dsn, dbname=scratch,
+                                           manifest=manifest, tool_override=self.settings.backup.pg_dump_path,
+                                           progress=self.reporter.advance,
                                            on_proc=lambda p: janitor.watch_process(p.pid) if p else None)
-        except DamagedCopy:
-            raise
-        except BackupError as exc:
-            if "is missing from" in str(exc):
-                raise DamagedCopy(str(exc)) from None
-            raise
-        stored.check(copy, obj)
+        except ObjectMissing as exc:
+            raise DamagedCopy(str(exc)) from None
+        check_stored(copy, obj, result.sha256, result.size)
         if result.pg_restore_error:
             raise BackupError(result.pg_restore_error)
 
@@ -344,7 +338,7 @@ class Restorer:
         with tempfile.TemporaryDirectory(prefix="opsagent-restore-", dir=base) as tmp:
             path = Path(tmp) / obj.name
             with open(path, "wb") as fh:
-                for chunk in archive_for_tool(iter(stored), copy.manifest):
+                for chunk in pgdump.archive_for_tool(iter(stored), copy.manifest):
                     fh.write(chunk)
             stored.check(copy, obj)
             major = _server_major(admin_dsn)
