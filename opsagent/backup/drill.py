@@ -27,8 +27,10 @@ from psycopg import sql
 from opsagent.backup import pgdump, pgstats, pgtools
 from opsagent.backup.engine import describe, primary_repository, replica_repository
 from opsagent.backup.errors import BackupError, TargetRefused
+from opsagent.backup.freshness import SKEW_TOLERANCE
 from opsagent.backup.manifest import Manifest, iso
 from opsagent.backup.progress import NullReporter, Reporter
+from opsagent.backup.restore import target_on_server
 from opsagent.config import Settings
 from opsagent.config.backup_options import Watermark
 
@@ -202,7 +204,10 @@ class Drill:
         replica = replica_repository(self.settings)
         repo = replica if replica is not None else primary_repository(self.settings)
         report.source = repo.url
-        candidates = [m for m in repo.list() if m.kind == "postgres" and m.target == target and m.verified]
+        # A manifest stamped in the future (a skewed fleet member's clock) is not "the newest" by its time.
+        horizon = self.clock() + SKEW_TOLERANCE
+        candidates = [m for m in repo.list() if m.kind == "postgres" and m.target == target and m.verified
+                      and m.finished <= horizon]
         if not candidates:
             where = "replica" if replica is not None else "primary"
             raise BackupError(f"no verified backup of {target} in the {where} repository {repo.url}")
@@ -216,6 +221,11 @@ class Drill:
         host, port, _ = pgtools.endpoint(admin_dsn)
         if (host, port, name) in configured_endpoints(self.settings):
             raise TargetRefused(f"scratch database {name} on {host}:{port} is a configured target; refusing to drill")
+        if not self.settings.backup.drill_on_target_server:
+            same = target_on_server(self.settings, admin_dsn)
+            if same is not None:
+                raise TargetRefused(f"backup.drill_dsn is on the server of target {same!r} (same system_identifier, "
+                                    "however the DSNs are spelled); set backup.drill_on_target_server: true to allow it")
         report.scratch_database = name
         admin = pgtools.connect(admin_dsn)
         try:

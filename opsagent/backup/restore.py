@@ -183,6 +183,18 @@ def refuse_configured_target(settings: Settings, admin_dsn: str, database: str) 
                 "--force if that is really what you want")
 
 
+def target_on_server(settings: Settings, admin_dsn: str) -> str | None:
+    """The name of a configured postgres target on the same server (system_identifier) as ``admin_dsn``."""
+    server, _ = _identity(admin_dsn)
+    for target in settings.checks.postgres:
+        try:
+            if _identity(target.dsn.get_secret_value())[0] == server:
+                return target.name
+        except Exception:  # noqa: BLE001 - an unreachable target was compared by address at config load
+            continue
+    return None
+
+
 def maintenance_dsn(dsn: str) -> str:
     """The destination server's ``postgres`` database: where CREATE/DROP/RENAME DATABASE are issued."""
     return make_conninfo(dsn, dbname="postgres")
