@@ -77,11 +77,12 @@ def _plain_url(*schemes: str) -> Any:
     return Annotated[str, _url_validator(schemes)]
 
 
-PostgresDsn = _secret_url("postgresql", "postgres")
-RedisUrl = _secret_url("redis", "rediss", "unix")
-HttpUrl = _plain_url("http", "https")
-SecretHttpUrl = _secret_url("http", "https")
-RepositoryUrl = _plain_url("file", "s3")
+# Spelled out as Annotated (not the helpers' Any) so that type checkers see SecretStr / str.
+PostgresDsn = Annotated[SecretStr, _url_validator(("postgresql", "postgres"), secret=True)]
+RedisUrl = Annotated[SecretStr, _url_validator(("redis", "rediss", "unix"), secret=True)]
+HttpUrl = Annotated[str, _url_validator(("http", "https"))]
+SecretHttpUrl = Annotated[SecretStr, _url_validator(("http", "https"), secret=True)]
+RepositoryUrl = Annotated[str, _url_validator(("file", "s3"))]
 
 
 class Model(BaseModel):
