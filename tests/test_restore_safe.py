@@ -194,3 +194,16 @@ def test_a_missing_primary_object_also_falls_back_to_the_replica(
     captured = capsys.readouterr()
     assert "from the replica copy" in captured.out and "missing" in captured.err
     assert fingerprint(source_db, target) == fingerprint(source_db, source_db.dbname)
+
+
+def test_a_damaged_manifest_is_damage_not_an_unknown_id(
+        settings: Settings, source_db: SourceDb, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A primary manifest that is not JSON makes verify exit 1 naming it, and restore falls back to the replica."""
+    backup_id = _backup(settings, capsys)
+    (tmp_path / "primary" / "backups" / backup_id / "manifest.json").write_text("{not json")
+    assert commands.backup_verify(settings, backup_id) == 1
+    out = capsys.readouterr().out
+    assert "primary" in out and "invalid manifest: not JSON" in out and "replica" in out and "intact" in out
+    target = f"badmanifest_{source_db.server.port}_{os.getpid()}"
+    assert commands.restore(settings, backup_id, source_db.server.dsn(target), force=False) == 0
+    assert "from the replica copy" in capsys.readouterr().out

@@ -155,13 +155,14 @@ def backup_list(settings: Settings, *, replica: bool, json_out: bool) -> int:
     return _guarded(work)
 
 
-def _locate(settings: Settings, backup_id: str) -> list[tuple[str, Repository, Manifest]]:
+def _locate(settings: Settings, backup_id: str) -> tuple[list[tuple[str, Repository, Manifest]], list[str]]:
     """Where a complete backup with this id lives; an unreachable primary (region down) is skipped."""
     if not valid_id(backup_id):
         raise NotFound(f"{backup_id!r} is not a backup id; ids look like postgres-main-20260101T000000Z-1a2b3c "
                        "(see `opsagent backup list`)")
     found = []
-    unreachable = []
+    unreachable: list[str] = []
+    invalid: list[str] = []
     for where, make in (("primary", lambda: eng.primary_repository(settings) if settings.backup.repository else None),
                         ("replica", lambda: eng.replica_repository(settings))):
         try:
@@ -172,13 +173,19 @@ def _locate(settings: Settings, backup_id: str) -> list[tuple[str, Repository, M
             continue
         if repo is not None and manifest is not None:
             found.append((where, repo, manifest))
+        elif repo is not None and (reason := repo.invalid().get(backup_id)):
+            invalid.append(f"{where} ({repo.url}): DAMAGED, {reason}")  # found but refused: never acted on
+    if not found and invalid:
+        raise BackupError(f"backup {backup_id} is damaged: " + "; ".join(invalid))
     if not found:
         extra = f" (unreachable: {'; '.join(unreachable)})" if unreachable else ""
         raise NotFound(f"no complete backup with id {backup_id!r} in the primary or replica repository{extra} "
                        "(see `opsagent backup list`)")
     for line in unreachable:
         print(f"warning: {line}", file=sys.stderr)
-    return found
+    for line in invalid:
+        print(line)
+    return found, invalid
 
 
 def backup_verify(settings: Settings, backup_id: str) -> int:
@@ -190,7 +197,8 @@ def backup_verify(settings: Settings, backup_id: str) -> int:
         damaged = False
         try:
             wanted = resolve_latest(settings, kind=None) if backup_id == LATEST else backup_id
-            located = _locate(settings, wanted)
+            located, invalid = _locate(settings, wanted)
+            damaged = bool(invalid)  # a copy whose manifest is refused is a damaged copy
         except (NotFound, UnknownBackup) as exc:
             print(f"error: {secrets.scrub(str(exc))}", file=sys.stderr)
             return 2

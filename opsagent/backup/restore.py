@@ -128,6 +128,7 @@ def locate(settings: Settings, backup_id: str, source: Source = "auto") -> tuple
         raise BackupError("--from replica: no replica repository configured; set backup.replica")
     found: list[Copy] = []
     missing: list[str] = []
+    refused: list[str] = []
     for where, make in _repositories(settings, source):
         try:
             repo = make()
@@ -139,13 +140,18 @@ def locate(settings: Settings, backup_id: str, source: Source = "auto") -> tuple
             continue
         if manifest is None:
             reason = repo.invalid().get(backup_id)
-            missing.append(f"{where} copy in {repo.url}: {reason}" if reason else f"{where} copy missing from {repo.url}")
+            if reason:
+                refused.append(f"{where} copy in {repo.url}: {reason}")  # found but refused: never acted on
+            else:
+                missing.append(f"{where} copy missing from {repo.url}")
         else:
             found.append(Copy(where, repo, manifest))
+    if not found and refused:
+        raise BackupError(f"backup {backup_id} is damaged: " + "; ".join(refused) + "; nothing was restored")
     if not found:
         raise UnknownBackup(f"no complete backup with id {backup_id!r}" +
                             (f" ({'; '.join(missing)})" if missing else "") + " (see `opsagent backup list`)")
-    return found, missing
+    return found, missing + refused
 
 
 # -- the production guard -------------------------------------------------------------------------

@@ -102,10 +102,14 @@ def test_planted_manifests_are_reported_and_nothing_outside_a_repository_changes
     assert [e["id"] for e in listed if e["valid"]] and all(e["id"] not in plants for e in listed if e["valid"])
 
     for planted in plants:
-        assert commands.backup_verify(settings, planted) == 2
+        # Found but refused: a damaged backup (exit 1), named with the reason; nothing is read or restored.
+        assert commands.backup_verify(settings, planted) == 1
         target = source_db.server.dsn(f"planted_{source_db.server.port}")
-        assert commands.restore(settings, planted, target, force=False, source="primary") == 2
-    assert "invalid manifest" in capsys.readouterr().err
+        assert commands.restore(settings, planted, target, force=False, source="primary") == 1
+    err = capsys.readouterr().err
+    assert "invalid manifest" in err and "is damaged" in err
+    assert source_db.server.psql(f"SELECT count(*) FROM pg_database WHERE datname = 'planted_{source_db.server.port}'"
+                                 ).strip() == "0"
     assert commands.drill(settings, json_out=True) == 0
     assert json.loads(capsys.readouterr().out)["drills"][0]["backup_id"] != list(plants)[3]
 
