@@ -106,6 +106,12 @@ def backup_run(settings: Settings, *, json_out: bool) -> int:
 # -- backup list / verify ------------------------------------------------------------------------
 
 
+def _print_invalid(invalid: list[dict[str, Any]]) -> None:
+    if invalid:
+        print("\ninvalid (never restored, verified as intact, replicated or expired):")
+        print(_table([[str(e["id"]), str(e["reason"])] for e in invalid], ["ID", "REASON"]))
+
+
 def backup_list(settings: Settings, *, replica: bool, json_out: bool) -> int:
     def work() -> int:
         if replica:
@@ -137,10 +143,12 @@ def backup_list(settings: Settings, *, replica: bool, json_out: bool) -> int:
         if json_out:
             print(json.dumps(items + invalid, indent=2))
             return 0
-        for entry in invalid:
-            print(f"warning: {entry['id']!r} in {repo.url} is not listed: {entry['reason']}", file=sys.stderr)
+        if invalid:  # shown after the table, on stdout too: they are backups someone may be looking for
+            print(f"warning: {len(invalid)} backup(s) in {repo.url} have an invalid manifest and are ignored",
+                  file=sys.stderr)
         if not items:
             print(f"no complete backups in {repo.url}")
+            _print_invalid(invalid)
             return 0
         header = ["ID", "KIND", "TARGET", "TIME", "SIZE", "CHECKSUM", "VERIFIED"]
         rows = [[i["id"], i["kind"], i["target"], i["time"], _size(i["size"]), i["checksum"][:16],
@@ -150,6 +158,7 @@ def backup_list(settings: Settings, *, replica: bool, json_out: bool) -> int:
             for row, i in zip(rows, items, strict=True):
                 row.append("yes" if i["replicated"] else "no")
         print(_table(rows, header))
+        _print_invalid(invalid)
         return 0
 
     return _guarded(work)

@@ -100,6 +100,9 @@ def test_planted_manifests_are_reported_and_nothing_outside_a_repository_changes
     assert set(invalid) == set(plants)
     assert "object name" in invalid[next(iter(plants))]
     assert [e["id"] for e in listed if e["valid"]] and all(e["id"] not in plants for e in listed if e["valid"])
+    assert commands.backup_list(settings, replica=False, json_out=False) == 0
+    table = capsys.readouterr().out
+    assert real_id in table and "invalid (never restored" in table and all(p in table for p in plants)
 
     for planted in plants:
         # Found but refused: a damaged backup (exit 1), named with the reason; nothing is read or restored.
