@@ -95,9 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("backup_id", metavar="ID")
     p.add_argument("--target", required=True, metavar="DSN", help="database to restore into")
     p.add_argument("--force", action="store_true", help="allow a DSN that is a configured target")
+    p.add_argument("--from", dest="source", choices=["primary", "replica"], default="auto",
+                   help="which copy to read (default: primary, falling back to the replica copy)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="parallel pg_restore (stages the archive locally)")
+    p.add_argument("--stage-dir", default=None, metavar="DIR", help="where --jobs stages the archive")
 
     p = command("drill", "restore the newest replica backup into drill_dsn, verify, time it")
     p.add_argument("--json", action="store_true")
+
+    p = command("audit", "the backup posture: one row per control and target (exit 1 if any fails)")
+    p.add_argument("--json", action="store_true", help="print one JSON list of {control, target, passed, detail}")
 
     p = command("rules", "Prometheus alerting rules")
     rsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
@@ -233,9 +240,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return commands.backup_list(settings, replica=args.replica, json_out=args.json)
         return commands.backup_verify(settings, args.backup_id)
     if cmd == "restore":
-        return commands.restore(settings, args.backup_id, args.target, force=args.force)
+        return commands.restore(settings, args.backup_id, args.target, force=args.force, source=args.source,
+                                jobs=args.jobs, stage_dir=args.stage_dir)
     if cmd == "drill":
         return commands.drill(settings, json_out=args.json)
+    if cmd == "audit":
+        from opsagent.backup.audit import audit_command
+
+        return audit_command(settings, json_out=args.json)
     raise AssertionError(cmd)
 
 

@@ -138,7 +138,11 @@ def _rds_delete_snapshots(s: Scope) -> list[str]:
 def _rds_drill(s: Scope) -> list[str]:
     if not _rds_on(s):
         return []
-    return s.each_region("rds", f"db:{DRILL_PREFIX}*", f"snapshot:{SNAPSHOT_PREFIX}*", "subgrp:*", "og:*", "pg:*")
+    b = s.settings.backup
+    # The monthly PITR drill restores from the instance itself: the source needs the permission too.
+    sources = [s.arn("rds", s.settings.agent.region, f"db:{b.rds_instances[0]}")] if b.pitr_drill else []
+    return sources + s.each_region("rds", f"db:{DRILL_PREFIX}*", f"snapshot:{SNAPSHOT_PREFIX}*", "subgrp:*", "og:*",
+                                   "pg:*")
 
 
 def _rds_drill_delete(s: Scope) -> list[str]:

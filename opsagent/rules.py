@@ -34,6 +34,9 @@ _BACKUP_EXPRESSIONS = {
     "BackupFailed": "1 - min without (instance) (opsagent_backup_last_run_success) > {t}",
     "RestoreDrillFailed": "(1 - min without (instance) (opsagent_drill_last_success) > {t})"
                           " or (max without (instance) (opsagent_drill_last_duration_seconds) > {rto})",
+    "PITRStale": "max without (instance) (opsagent_pitr_lag_seconds) > {t}",
+    "BackupPostureViolation": "1 - min without (instance, control) (opsagent_posture_compliant) > {t}",
+    "BackupClockSkew": "max without (instance) (opsagent_backup_future_manifests) > {t}",
 }
 
 # Detail fields that a check also exports as a gauge (value = the compared number).

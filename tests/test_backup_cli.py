@@ -77,8 +77,8 @@ def test_verify_intact_then_damaged(settings, tmp_path: Path, capsys: pytest.Cap
 
 
 def test_verify_unknown_id_is_an_error(settings, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
-    """Verifying an id that does not exist prints one error line on stderr and exits 1."""
-    assert commands.backup_verify(settings, "postgres-main-20200101T000000Z-000000") == 1
+    """Verifying an id that does not exist prints one error line on stderr and exits 2 (damage is 1)."""
+    assert commands.backup_verify(settings, "postgres-main-20200101T000000Z-000000") == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no complete backup") and "Traceback" not in err
 
@@ -138,5 +138,5 @@ def test_terminal_gets_a_progress_bar() -> None:
 
 def test_verify_rejects_something_that_is_not_an_id(settings, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     """A path-like or malformed id is refused with the expected form, never looked up on disk."""
-    assert commands.backup_verify(settings, "../../etc") == 1
+    assert commands.backup_verify(settings, "../../etc") == 2
     assert "is not a backup id" in capsys.readouterr().err

@@ -58,7 +58,8 @@ def test_three_agents_take_exactly_one_backup_per_slot(tmp_path: Path, source_db
     last_run = json.loads(primary_repository(settings).get_state("last_run.json") or b"{}")
     assert last_run["slot"] == SLOT2.isoformat() and len(last_run["outcomes"]) == 1
     # Both backups fall in the same wall-clock hour, so hourly retention keeps only the second.
-    assert last_run["deleted"] == first + first  # from the primary and from the replica
+    assert [(d["id"], d["repository"]) for d in last_run["deleted"]] == [  # from the primary and from the replica
+        (first[0], settings.backup.repository), (first[0], settings.backup.replica)]
     assert [m.id for m in primary_repository(settings).list()] == [last_run["outcomes"][0]["backup_id"]]
 
 

@@ -112,14 +112,15 @@ def test_retention_runs_in_both_repositories_and_keeps_newest(tmp_path: Path, so
     """With hourly 1 and nothing else, a second run in the same hour expires the first backup in both places."""
     settings = backup_settings(tmp_path, dsn=source_db.dsn, replica=f"file://{tmp_path / 'replica'}",
                                retention={"hourly": 1, "daily": 0, "weekly": 0})
-    first = BackupEngine(settings).run()
-    second = BackupEngine(settings).run()
+    first = BackupEngine(settings).run(None, "schedule")
+    second = BackupEngine(settings).run(None, "schedule")
     assert first.ok and second.ok
     newest = second.outcomes[0].backup_id
     assert [m.id for m in primary_repository(settings).list()] == [newest]
     replica = replica_repository(settings)
     assert replica is not None and [m.id for m in replica.list()] == [newest]
-    assert first.outcomes[0].backup_id in second.deleted
+    assert [(d.id, d.repository) for d in second.deleted] == [
+        (first.outcomes[0].backup_id, settings.backup.repository), (first.outcomes[0].backup_id, settings.backup.replica)]
 
 
 def test_s3_backup_replicates_to_second_region(tmp_path: Path, source_db: SourceDb, aws: MotoServer) -> None:
@@ -194,3 +195,16 @@ def test_repository_refusing_the_upload_fails_cleanly(tmp_path: Path, source_db:
     assert "backups" in report.outcomes[0].error
     children = [p for p in psutil.Process().children(recursive=True) if "pg_dump" in " ".join(p.cmdline())]
     assert children == []
+
+
+def test_a_hand_taken_backup_survives_retention_within_manual_keep(tmp_path: Path, source_db: SourceDb) -> None:
+    """Two `backup run`s in one hour under hourly 1 keep both copies; a scheduled run then may expire neither."""
+    settings = backup_settings(tmp_path, dsn=source_db.dsn, replica=f"file://{tmp_path / 'replica'}",
+                               retention={"hourly": 1, "daily": 0, "weekly": 0})
+    first = BackupEngine(settings).run(None, "manual")
+    second = BackupEngine(settings).run(None, "manual")
+    third = BackupEngine(settings).run(None, "schedule")
+    assert first.ok and second.ok and third.ok
+    assert second.deleted == [] and third.deleted == []
+    kept = {m.id for m in primary_repository(settings).list()}
+    assert {first.outcomes[0].backup_id, second.outcomes[0].backup_id} <= kept

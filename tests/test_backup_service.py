@@ -6,12 +6,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry
 
 from opsagent.backup.schedule import current_slot
 from opsagent.backup.service import BackupService
+from opsagent.cron import CrontabTrigger
 from opsagent.runtime.results import ResultStore
 from opsagent_testing.servers import closed_port
 from tests.fixtures.backup import SourceDb, backup_settings
@@ -36,17 +36,17 @@ def test_jobs_are_utc_cron_schedules_and_a_refresh(tmp_path: Path) -> None:
                                drill_dsn="postgresql://postgres@127.0.0.1:5432/postgres", drill_schedule="30 3 * * *")
     jobs = {job_id: trigger for job_id, trigger, _ in BackupService(settings, ResultStore()).jobs()}
     assert set(jobs) == {"backup", "drill", "backup_refresh"}
-    assert isinstance(jobs["backup"], CronTrigger) and str(jobs["backup"].timezone) == "UTC"
+    assert isinstance(jobs["backup"], CrontabTrigger) and str(jobs["backup"].timezone) == "UTC"
     assert jobs["backup"].get_next_fire_time(None, SLOT) == SLOT.replace(minute=15)
     assert isinstance(jobs["backup_refresh"], IntervalTrigger) and jobs["backup_refresh"].interval.total_seconds() == 30
 
 
 def test_slot_is_the_latest_fire_time_at_or_before_now() -> None:
     """A job that starts a little late still belongs to the slot it was scheduled for."""
-    trigger = CronTrigger.from_crontab("0 * * * *", timezone="UTC")
+    trigger = CrontabTrigger("0 * * * *")
     assert current_slot(trigger, SLOT.replace(minute=3, second=7)) == SLOT
     assert current_slot(trigger, SLOT) == SLOT
-    weekly = CronTrigger.from_crontab("30 3 * * sun", timezone="UTC")
+    weekly = CrontabTrigger("30 3 * * sun")
     assert current_slot(weekly, SLOT) == datetime(2026, 11, 22, 3, 30, tzinfo=UTC)
 
 
@@ -177,11 +177,13 @@ def test_alert_engine_raises_backup_alarms_from_the_synthetic_results(tmp_path: 
     store.subscribe(pipeline.on_result)
     service = BackupService(settings, store, clock=lambda: now[0])
     service.run_slot("backup", SLOT)
-    assert {a["alertname"] for a in pipeline.alerts() if a["state"] == "firing"} == {"BackupFailed"}
+    firing = {a["alertname"] for a in pipeline.alerts() if a["state"] == "firing"}
+    # A file repository without a drill is also a posture violation (the audit's warning), rightly.
+    assert firing - {"BackupPostureViolation"} == {"BackupFailed"}
     now[0] += 3601
     service.refresh()
     firing = {a["alertname"]: a for a in pipeline.alerts() if a["state"] == "firing"}
-    assert set(firing) == {"BackupFailed", "BackupStale", "ReplicaStale"}
+    assert set(firing) - {"BackupPostureViolation"} == {"BackupFailed", "BackupStale", "ReplicaStale"}
     assert firing["BackupStale"]["target"] == "local" and firing["BackupStale"]["threshold"] == 3600.0
 
 
@@ -213,3 +215,47 @@ def test_shutdown_mid_backup_is_not_a_failure_and_leaves_the_slot_open(tmp_path:
     assert store.get("backup_run", "main") is None or store.get("backup_run", "main").value == 0.0
     fresh = backup_settings(tmp_path, dsn=source_db.dsn)
     assert BackupService(fresh, ResultStore()).run_slot("backup", SLOT) == "ran"
+
+
+def test_status_says_null_rpo_and_next_runs_before_any_backup(tmp_path: Path) -> None:
+    """Without a complete backup /status shows rpo_seconds null, rpo_achieved null and the next run/drill times."""
+    now = [datetime(2026, 11, 24, 12, 10, tzinfo=UTC).timestamp()]  # a Tuesday
+    dsn = "postgresql://postgres@127.0.0.1:5432/postgres"
+    settings = backup_settings(tmp_path, dsn=dsn, schedule="0 3 * * */2", drill_dsn=dsn, drill_schedule="30 4 * * *")
+    store = ResultStore()
+    service = BackupService(settings, store, clock=lambda: now[0])
+    now[0] += 7200
+    service.refresh()
+    status = service.status()
+    assert status["rpo_achieved_seconds"] is None and status["targets"][0]["rpo_seconds"] is None
+    assert status["next_run_at"] == datetime(2026, 11, 26, 3, 0, tzinfo=UTC).timestamp()  # Thursday
+    assert status["next_drill_at"] == datetime(2026, 11, 25, 4, 30, tzinfo=UTC).timestamp()
+    reading = store.get("backup", "main")
+    assert reading.details["newest"] is None and reading.value == 7200.0  # BackupStale still fires after rpo
+
+
+def test_a_backup_stamped_in_the_future_is_not_counted_and_is_flagged(tmp_path: Path) -> None:
+    """A manifest 30 days ahead (a skewed fleet member) leaves the RPO unknown and raises the skew reading."""
+    import hashlib
+
+    from opsagent.backup.engine import primary_repository
+    from opsagent.backup.manifest import Manifest, new_id
+
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC).timestamp()
+    settings = backup_settings(tmp_path, dsn="postgresql://postgres@127.0.0.1:5432/postgres")
+    repo = primary_repository(settings)
+    future = now + 30 * 86400
+    backup_id = new_id("postgres", "main", future)
+    writer = repo.writer(backup_id, "data.dump")
+    writer.write(b"x")
+    info = writer.commit()
+    assert info.sha256 == hashlib.sha256(b"x").hexdigest()
+    repo.write_manifest(Manifest(id=backup_id, kind="postgres", target="main", started=future, finished=future,
+                                 size=1, compression="none", objects=(info,), server_version="15",
+                                 tool_version="pg_dump 15", agent_version="t"))
+    store = ResultStore()
+    service = BackupService(settings, store, clock=lambda: now)
+    service.refresh()
+    row = service.status()["targets"][0]
+    assert row["rpo_seconds"] is None and row["future_backups"] == [backup_id]
+    assert store.get("backup_skew", "main").value == 1.0 and backup_id in store.get("backup_skew", "main").details["error"]

@@ -143,3 +143,40 @@ def test_drill_without_drill_dsn_says_what_to_set(tmp_path: Path, source_db: Sou
     settings = backup_settings(tmp_path, dsn=source_db.dsn)
     [report] = Drill(settings).run()
     assert not report.ok and "backup.drill_dsn" in (report.error or "")
+
+
+def test_drill_dsn_on_a_target_server_is_a_config_error_unless_allowed(tmp_path: Path) -> None:
+    """`drill_dsn` on the server of a configured target exits 2 naming the key, unless drill_on_target_server."""
+    config = backup_config(tmp_path, dsn="postgresql://app@db.internal:5432/app",
+                           drill_dsn="postgresql://admin@db.internal:5432/postgres", drill_on_target_server=False)
+    path = write_config(tmp_path, config)
+    proc = subprocess.run([sys.executable, "-m", "opsagent", "config", "validate", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "backup.drill_dsn" in proc.stderr and "drill_on_target_server" in proc.stderr
+    config["backup"]["drill_on_target_server"] = True
+    path = write_config(tmp_path, config)
+    proc = subprocess.run([sys.executable, "-m", "opsagent", "config", "validate", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_drill_on_a_target_server_spelled_differently_is_refused_at_run_time(
+        tmp_path: Path, source_db: SourceDb) -> None:
+    """A drill_dsn naming the target's server by the host's own name (same system_identifier) fails the drill."""
+    import socket
+
+    import pytest
+
+    from opsagent.config import Settings
+
+    host = os.uname().nodename
+    if socket.gethostbyname(host) != "127.0.0.1":
+        pytest.skip("the host's name does not resolve to 127.0.0.1 here")
+    config = backup_config(tmp_path, dsn=source_db.dsn, replica=f"file://{tmp_path / 'replica'}")
+    config["backup"].update(drill_dsn=f"postgresql://{source_db.server.user}@{host}:{source_db.server.port}/postgres",
+                            drill_on_target_server=False)
+    settings = Settings(**config)  # the config check compares spellings; this one it cannot see through
+    assert BackupEngine(settings).run().ok
+    [report] = Drill(settings).run()
+    assert not report.ok and "drill_on_target_server" in (report.error or "")
+    assert _scratch_dbs(source_db.server) == []

@@ -130,7 +130,7 @@ def test_status_page_shows_backups_rpo_and_rto(start_agent: Start, private_pg: P
     a = start_agent({
         "checks": {"postgres": [{"name": "main", "dsn": dsn, "interval": "5s"}]},
         "backup": {"repository": f"file://{tmp_path}/primary", "replica": f"file://{tmp_path}/replica",
-                   "postgres": ["main"], "drill_dsn": dsn},
+                   "postgres": ["main"], "drill_dsn": dsn, "drill_on_target_server": True},
     })
     assert a.agent.backup.trigger_backup()
     status = poll(lambda: (s := a.status())["backups"]["last_run"] and s, timeout=60)

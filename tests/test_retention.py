@@ -93,3 +93,13 @@ def test_backups_stamped_after_now_are_kept() -> None:
     """A backup from an agent whose clock runs ahead is never deleted by one whose clock is behind."""
     items = _items([NOW + 600, NOW + 300, NOW - 10])
     assert select_deletions(items, {"hourly": 0, "daily": 0, "weekly": 0}, NOW) == ["b2"]
+
+
+def test_manual_backups_are_kept_for_manual_keep_then_follow_the_policy() -> None:
+    """A hand-taken backup younger than manual_keep is never selected; once older, the periods decide."""
+    policy = {"hourly": 1, "daily": 0, "weekly": 0, "manual_keep": 86400.0}
+    items = [Item(id="manual", target="postgres/a", time=NOW - 3600 * 5, manual=True),
+             Item(id="sched", target="postgres/a", time=NOW - 3600 * 4),
+             Item(id="newest", target="postgres/a", time=NOW - 60)]
+    assert select_deletions(items, policy, NOW) == ["sched"]
+    assert select_deletions(items, policy, NOW + 86400) == ["manual", "sched"]

@@ -35,6 +35,7 @@ OPERATION_ACTIONS: dict[str, tuple[str, ...]] = {
     "s3:GetObjectAttributes": ("s3:GetObjectAttributes",),
     "monitoring:GetMetricData": ("cloudwatch:GetMetricData",),
     "monitoring:GetMetricStatistics": ("cloudwatch:GetMetricStatistics",),
+    "s3:GetBucketEncryption": ("s3:GetEncryptionConfiguration",),
 }
 
 # Actions AWS checks on the agent's behalf when it makes a recorded call (not API calls of their own):
@@ -47,11 +48,12 @@ IMPLIED_BY: dict[str, tuple[str, ...]] = {
     "rds:CreateDBSnapshot": ("rds:AddTagsToResource",),
     "rds:RestoreDBInstanceFromDBSnapshot": ("rds:AddTagsToResource", "kms:CreateGrant", "kms:DescribeKey"),
     "elasticache:CreateSnapshot": ("elasticache:AddTagsToResource",),
+    "rds:RestoreDBInstanceToPointInTime": ("rds:AddTagsToResource",),
 }
 
 # Test modules that drive every AWS path of the agent: the "grants nothing unused" half needs them in the session.
 AWS_MODULES = ("test_snapshots", "test_rds_drill", "test_repository_s3", "test_notify_sinks", "test_check_sqs",
-               "test_check_s3_replication", "test_check_error_rate", "test_discover", "test_fleet")
+               "test_check_s3_replication", "test_check_error_rate", "test_discover", "test_fleet", "test_dr_posture")
 
 
 def policy_actions() -> set[str]:

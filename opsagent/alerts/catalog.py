@@ -127,6 +127,13 @@ ALARMS: dict[str, AlarmSpec] = {
                   "TLS certificate of {target} expires soon", field="tls_expiry_seconds", per_target=True),
         AlarmSpec("CloudWatchMetricBreached", "cloudwatch", 0.0, Comparison.GT, 0, "warning", ValueKind.COUNT,
                   "CloudWatch metric {target} is outside its threshold", per_target=True),
+        # DR posture (issue 16, SPEC §9.3).
+        AlarmSpec("PITRStale", "pitr", 900.0, Comparison.GT, 0, "critical", ValueKind.DURATION,
+                  "Point-in-time recovery of RDS {target} lags behind"),
+        AlarmSpec("BackupPostureViolation", "posture", 0.0, Comparison.GT, 0, "warning", ValueKind.FLAG,
+                  "Backup posture of {target} fails an audit control"),
+        AlarmSpec("BackupClockSkew", "backup_skew", 0.0, Comparison.GT, 0, "warning", ValueKind.FLAG,
+                  "A backup of {target} is stamped in the future (a fleet member's clock is ahead)"),
     )
 }
 

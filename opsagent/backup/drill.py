@@ -20,15 +20,19 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import structlog
 from psycopg import sql
 
 from opsagent.backup import pgdump, pgstats, pgtools
 from opsagent.backup.engine import describe, primary_repository, replica_repository
 from opsagent.backup.errors import BackupError, TargetRefused
+from opsagent.backup.freshness import SKEW_TOLERANCE
 from opsagent.backup.manifest import Manifest, iso
 from opsagent.backup.progress import NullReporter, Reporter
+from opsagent.backup.restore import target_on_server
 from opsagent.config import Settings
+from opsagent.config.backup_options import Watermark
 
 log = structlog.get_logger("opsagent.backup")
 
@@ -51,6 +55,8 @@ class DrillReport:
     scratch_database: str | None = None
     tables: int = 0
     kind: str = "postgres"
+    watermark: float | None = None  # newest watermark found in the restored copy (backup.watermark)
+    rpo_proven_seconds: float | None = None  # drill end minus that watermark
 
     @property
     def within_rto(self) -> bool:
@@ -82,6 +88,39 @@ def configured_endpoints(settings: Settings) -> set[tuple[str, int, str]]:
     return out
 
 
+def read_watermark(admin_dsn: str, database: str, watermark: Watermark) -> float:
+    """The newest watermark in the restored copy, as unix seconds; BackupError naming what is wrong."""
+    if watermark.query is not None:
+        query: sql.Composable = sql.SQL(watermark.query)  # type: ignore[arg-type]  # the operator's own SELECT
+        what = "backup.watermark query"
+    else:
+        schema, _, table = (watermark.table or "").rpartition(".")
+        name = sql.Identifier(schema, table) if schema else sql.Identifier(table)
+        query = sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(watermark.column or ""), name)
+        what = f"backup.watermark {watermark.table}.{watermark.column}"
+    conn = pgtools.connect(admin_dsn, dbname=database)
+    try:
+        conn.read_only = True
+        row = conn.execute(query).fetchone()
+    except psycopg.Error as exc:
+        raise BackupError(f"{what} cannot be read in the restored copy: {describe(exc)}") from None
+    finally:
+        conn.close()
+    value = row[0] if row else None
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise BackupError(f"{what} gave {value!r} in the restored copy, not a timestamp (an empty table has no "
+                      "watermark)")
+
+
+def merge_reports(earlier: list[DrillReport], newer: list[DrillReport]) -> list[DrillReport]:
+    """The newest report per (kind, target): a monthly PITR drill does not erase the daily drills' results."""
+    fresh = {(r.kind, r.target) for r in newer}
+    return [r for r in earlier if (r.kind, r.target) not in fresh] + list(newer)
+
+
 def rds_drill_enabled(settings: Settings) -> bool:
     """The RDS snapshot drill (the snapshot engineer's) runs when asked for and RDS ids are configured."""
     return bool(getattr(settings.backup, "rds_drill", False) and settings.backup.rds_instances)
@@ -110,8 +149,10 @@ def scratch_name(now: float) -> str:
 
 class Drill:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time, reporter: Reporter | None = None,
-                 on_proc: pgdump.ProcHook | None = None, stop: threading.Event | None = None) -> None:
+                 on_proc: pgdump.ProcHook | None = None, stop: threading.Event | None = None,
+                 kinds: frozenset[str] = frozenset({"postgres", "rds"})) -> None:
         self.settings = settings
+        self.kinds = kinds  # which drills: postgres, rds (snapshot), rds_pitr (point in time; monthly)
         self.clock = clock
         self.reporter = reporter or NullReporter()
         self.on_proc = on_proc
@@ -121,7 +162,7 @@ class Drill:
         """One drill per postgres backup target, plus the RDS drill when RDS is configured; never raises."""
         b = self.settings.backup
         reports: list[DrillReport] = []
-        if b.postgres and (b.drill_dsn is not None or not rds_drill_enabled(self.settings)):
+        if "postgres" in self.kinds and b.postgres and (b.drill_dsn is not None or not rds_drill_enabled(self.settings)):
             leftovers_done = False
             for target in b.postgres:
                 if self.stop.is_set():
@@ -143,11 +184,15 @@ class Drill:
                     log.error("drill_failed", target=target, error=report.error)
                 report.finished = self.clock()
                 report.duration_seconds = report.finished - started
+                if report.watermark is not None:
+                    report.rpo_proven_seconds = report.finished - report.watermark  # drill end − newest watermark
                 if report.ok and not report.within_rto:
                     log.warning("drill_exceeded_rto", target=target, duration=report.duration_seconds, rto=b.rto)
                 reports.append(report)
-        if rds_drill_enabled(self.settings) and not self.stop.is_set():
+        if "rds" in self.kinds and rds_drill_enabled(self.settings) and not self.stop.is_set():
             reports.extend(self._rds())
+        if "rds_pitr" in self.kinds and b.pitr_drill and b.rds_instances and not self.stop.is_set():
+            reports.append(self._pitr())
         if self.stop.is_set():
             # Shutdown is not a failed drill; the scratch database is dropped by the next drill.
             log.warning("drill_interrupted")
@@ -159,7 +204,10 @@ class Drill:
         replica = replica_repository(self.settings)
         repo = replica if replica is not None else primary_repository(self.settings)
         report.source = repo.url
-        candidates = [m for m in repo.list() if m.kind == "postgres" and m.target == target and m.verified]
+        # A manifest stamped in the future (a skewed fleet member's clock) is not "the newest" by its time.
+        horizon = self.clock() + SKEW_TOLERANCE
+        candidates = [m for m in repo.list() if m.kind == "postgres" and m.target == target and m.verified
+                      and m.finished <= horizon]
         if not candidates:
             where = "replica" if replica is not None else "primary"
             raise BackupError(f"no verified backup of {target} in the {where} repository {repo.url}")
@@ -173,6 +221,11 @@ class Drill:
         host, port, _ = pgtools.endpoint(admin_dsn)
         if (host, port, name) in configured_endpoints(self.settings):
             raise TargetRefused(f"scratch database {name} on {host}:{port} is a configured target; refusing to drill")
+        if not self.settings.backup.drill_on_target_server:
+            same = target_on_server(self.settings, admin_dsn)
+            if same is not None:
+                raise TargetRefused(f"backup.drill_dsn is on the server of target {same!r} (same system_identifier, "
+                                    "however the DSNs are spelled); set backup.drill_on_target_server: true to allow it")
         report.scratch_database = name
         admin = pgtools.connect(admin_dsn)
         try:
@@ -197,6 +250,12 @@ class Drill:
             if problems:
                 raise BackupError(f"restored {manifest.id} does not match what was backed up: " + "; ".join(problems[:5]))
             report.tables = len(manifest.tables)
+            watermark = self.settings.backup.watermark.get(target)
+            if watermark is not None:
+                report.watermark = read_watermark(admin_dsn, name, watermark)
+                report.rpo_proven_seconds = self.clock() - report.watermark
+                log.info("drill_rpo_proven", target=target, watermark=iso(report.watermark),
+                         rpo_proven_seconds=round(report.rpo_proven_seconds, 3))
         finally:
             try:
                 admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -222,11 +281,22 @@ class Drill:
             return [DrillReport(target=b.rds_instances[0], ok=False, error=error, started=at, finished=at,
                                 duration_seconds=0.0, rto_seconds=b.rto, kind="rds")]
 
+    def _pitr(self) -> DrillReport:
+        from opsagent.backup.pitr_drill import run_pitr_drill
+
+        self.reporter.stage("RDS point-in-time restore drill")
+        out = run_pitr_drill(self.settings, datetime.fromtimestamp(self.clock(), UTC))
+        return DrillReport(target=f"{out.target}-pitr", ok=out.ok, error=out.error, started=out.started,
+                           finished=out.finished, duration_seconds=out.duration_seconds,
+                           rto_seconds=self.settings.backup.rto, kind="rds_pitr")
+
     def _publish(self, reports: list[DrillReport]) -> None:
         if not reports:
             return
         try:
-            primary_repository(self.settings).put_state(
-                LAST_DRILL, json.dumps([r.to_dict() for r in reports]).encode())
+            repo = primary_repository(self.settings)
+            raw = repo.get_state(LAST_DRILL)
+            earlier = [DrillReport.from_dict(d) for d in json.loads(raw)] if raw else []
+            repo.put_state(LAST_DRILL, json.dumps([r.to_dict() for r in merge_reports(earlier, reports)]).encode())
         except Exception as exc:  # noqa: BLE001
             log.warning("drill_state_write_failed", error=describe(exc))

@@ -59,6 +59,17 @@ class TargetOutcome:
         return not self.ok or self.replica_ok is False
 
 
+@dataclass(frozen=True)
+class Deletion:
+    """One backup removed by retention, and from which repository."""
+
+    id: str
+    kind: str
+    target: str
+    repository: str
+    finished: float
+
+
 @dataclass
 class RunReport:
     started: float
@@ -67,7 +78,7 @@ class RunReport:
     slot: str | None = None
     outcomes: list[TargetOutcome] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
+    deleted: list[Deletion] = field(default_factory=list)
     error: str | None = None  # a run-level failure (repository unreachable, retention failed…)
     lock: str | None = None
     interrupted: bool = False  # stopped by agent shutdown
@@ -89,7 +100,7 @@ class RunReport:
         fields = {k: data.get(k) for k in ("started", "finished", "trigger", "slot", "cleaned", "deleted", "error", "lock")}
         fields["interrupted"] = bool(data.get("interrupted", False))
         fields["cleaned"] = fields["cleaned"] or []
-        fields["deleted"] = fields["deleted"] or []
+        fields["deleted"] = [Deletion(**d) for d in fields["deleted"] or [] if isinstance(d, dict)]
         return cls(outcomes=outcomes, **fields)
 
 
@@ -148,13 +159,26 @@ def replicate(manifest: Manifest, source: Repository, dest: Repository, *, now: 
     return replica_manifest
 
 
-def apply_retention(repo: Repository, settings: Settings, now: float) -> list[str]:
-    items = [Item(id=m.id, target=f"{m.kind}/{m.target}", time=m.finished) for m in repo.list()]
-    doomed = select_deletions(items, settings.backup.retention.model_dump(), now)
+def retention_policy(settings: Settings) -> dict[str, float]:
+    r = settings.backup.retention
+    return {"hourly": r.hourly, "daily": r.daily, "weekly": r.weekly, "manual_keep": r.manual_keep}
+
+
+def retention_items(manifests: list[Manifest]) -> list[Item]:
+    return [Item(id=m.id, target=f"{m.kind}/{m.target}", time=m.finished, manual=m.trigger == "manual")
+            for m in manifests]
+
+
+def apply_retention(repo: Repository, settings: Settings, now: float) -> list[Deletion]:
+    manifests = {m.id: m for m in repo.list()}
+    doomed = select_deletions(retention_items(list(manifests.values())), retention_policy(settings), now)
+    out = []
     for backup_id in doomed:
+        m = manifests[backup_id]
         repo.delete(backup_id)
-        log.info("backup_expired", backup_id=backup_id, repository=repo.url)
-    return doomed
+        log.info("backup_expired", backup_id=backup_id, kind=m.kind, target=m.target, repository=repo.url)
+        out.append(Deletion(id=backup_id, kind=m.kind, target=m.target, repository=repo.url, finished=m.finished))
+    return out
 
 
 class _SnapshotsOnly(Exception):
@@ -172,6 +196,7 @@ class BackupEngine:
         self.stop = stop or threading.Event()
         self._proc: subprocess.Popen[bytes] | None = None
         self._proc_lock = threading.Lock()
+        self.trigger = "manual"
 
     def _on_proc(self, proc: subprocess.Popen[bytes] | None) -> None:
         with self._proc_lock:
@@ -186,9 +211,16 @@ class BackupEngine:
         if proc is not None:
             pgdump.kill(proc)
 
-    def run(self, slot: datetime | None = None, trigger: str = "manual") -> RunReport:
-        """Back up everything ``backup`` names, replicate, apply retention; never raises."""
+    def run(self, slot: datetime | None = None, trigger: str = "manual", *, only: list[str] | None = None,
+            publish: bool = True) -> RunReport:
+        """Back up everything ``backup`` names, replicate, apply retention; never raises.
+
+        ``only`` (a retry within the slot) limits the run to those postgres targets and skips the
+        snapshots, which the slot's first attempt took; ``publish=False`` keeps the outcome private
+        until the slot's attempts are spent (so BackupFailed fires once, on the last one).
+        """
         b = self.settings.backup
+        self.trigger = trigger  # recorded in each manifest: retention keeps hand-taken backups for manual_keep
         report = RunReport(started=self.clock(), trigger=trigger, slot=slot.isoformat() if slot else None)
         try:
             if not b.repository and not b.postgres:
@@ -205,7 +237,8 @@ class BackupEngine:
             for name in b.postgres:
                 if self.stop.is_set():
                     break
-                report.outcomes.append(self._postgres(name, primary, replica))
+                if only is None or name in only:
+                    report.outcomes.append(self._postgres(name, primary, replica))
             if replica is not None and not self.stop.is_set():
                 self._catch_up(primary, replica, report)
             if not self.stop.is_set():
@@ -217,7 +250,7 @@ class BackupEngine:
         except Exception as exc:  # noqa: BLE001 - a run reports, it does not crash the daemon
             report.error = describe(exc)
             log.error("backup_run_failed", error=report.error)
-        if not self.stop.is_set():
+        if not self.stop.is_set() and only is None:
             report.outcomes.extend(self._snapshots(slot))
         report.finished = self.clock()
         if self.stop.is_set():
@@ -226,8 +259,13 @@ class BackupEngine:
             report.interrupted = True
             log.warning("backup_run_interrupted", slot=report.slot)
             return report
-        self._publish(report)
+        if publish:
+            self._publish(report)
         return report
+
+    def publish(self, report: RunReport) -> None:
+        """Share a finished slot's outcome (the last attempt's, merged) with the fleet."""
+        self._publish(report)
 
     def _postgres(self, name: str, primary: Repository, replica: Repository | None) -> TargetOutcome:
         outcome = TargetOutcome(kind="postgres", target=name, ok=False, started=self.clock())
@@ -237,7 +275,8 @@ class BackupEngine:
             b = self.settings.backup
             manifest = pgdump.dump(dsn, name, primary, compression=b.compression, level=b.compression_level,
                                    jobs=b.jobs, tool_override=b.pg_dump_path,
-                                   progress=self.reporter.advance, on_proc=self._on_proc, clock=self.clock)
+                                   progress=self.reporter.advance, on_proc=self._on_proc, clock=self.clock,
+                                   trigger=self.trigger)
             outcome.ok, outcome.backup_id, outcome.size = True, manifest.id, manifest.size
         except Exception as exc:  # noqa: BLE001 - one target's failure does not stop the others
             outcome.error = describe(exc)
@@ -267,8 +306,8 @@ class BackupEngine:
             newest[(m.kind, m.target)] = max(newest.get((m.kind, m.target), 0.0), m.finished)
         # Copy only what the replica's retention would keep: no point shipping a backup to delete it.
         missing = [m for m in originals if m.id not in have]
-        candidates = [Item(id=m.id, target=f"{m.kind}/{m.target}", time=m.finished) for m in [*copies, *missing]]
-        doomed = set(select_deletions(candidates, self.settings.backup.retention.model_dump(), self.clock()))
+        candidates = retention_items([*copies, *missing])
+        doomed = set(select_deletions(candidates, retention_policy(self.settings), self.clock()))
         for manifest in sorted(missing, key=lambda m: m.finished, reverse=True):
             if manifest.id in doomed or self.stop.is_set():
                 continue

@@ -39,3 +39,7 @@ class NotFound(BackupError):
 
 class TargetRefused(BackupError):
     """A restore would overwrite a configured (production) target."""
+
+
+class ObjectMissing(BackupError):
+    """A manifest names an object the repository does not hold: that copy of the backup is damaged."""

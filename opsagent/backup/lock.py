@@ -10,6 +10,13 @@ Mechanism, in order of preference:
    answers (file-only setups); the kernel releases it when the process dies.
 3. Neither (S3 repository and no database): run unlocked and say so in the log.
 
+An explicitly configured ``backup.lock_dsn`` is never replaced by a fallback: when
+it cannot be reached the lock is *not* acquired (``unreachable`` says why) and the
+run is skipped, because an flock on this host is not exclusive with the advisory
+lock another agent may hold. A fallback taken after the first backup target's
+database failed is not treated as exclusive either (``exclusive``): cleanup then
+spares recent manifest-less backups, which may be a live holder's in-flight dump.
+
 Exactly-once per slot additionally needs a "slot done" marker, kept in the
 primary repository (see :mod:`agent.backup.service`): the lock stops two agents
 running at once, the marker stops a late agent re-running a finished slot.
@@ -39,13 +46,21 @@ def lock_key(name: str) -> int:
 
 
 class FleetLock:
-    def __init__(self, name: str, dsn: str | None, lock_file: Path | None) -> None:
+    def __init__(self, name: str, dsn: str | None, lock_file: Path | None, *, required: bool = False) -> None:
         self.name = name
         self._dsn = dsn
         self._file = lock_file
+        self._required = required  # backup.lock_dsn was configured: no fallback
         self._conn: object | None = None
         self._fd: int | None = None
         self.mechanism = "none"
+        self.unreachable: str | None = None  # why the required lock database could not be asked
+        self.fell_back = False  # the database did not answer and a weaker mechanism was used
+
+    @property
+    def exclusive(self) -> bool:
+        """True when no other agent can be running the same job (what makes full cleanup safe)."""
+        return self.mechanism == "postgres-advisory" or (self.mechanism == "flock" and not self.fell_back)
 
     def acquire(self, wait: float = 0.0, stop: threading.Event | None = None) -> bool:
         """Take the lock, polling up to ``wait`` seconds; False if another agent holds it."""
@@ -61,9 +76,14 @@ class FleetLock:
         if self._dsn is not None:
             try:
                 conn = pgtools.connect(self._dsn)
-            except Exception as exc:  # noqa: BLE001 - any connection failure means: fall back
+            except Exception as exc:  # noqa: BLE001 - any connection failure means: fall back (unless required)
                 log.warning("fleet_lock_database_unavailable", lock=self.name, error=_short(exc))
+                if self._required:
+                    self.unreachable = f"the lock database (backup.lock_dsn) is unreachable: {_short(exc)}"
+                    return False
+                self.fell_back = True
             else:
+                self.unreachable = None
                 try:
                     row = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(self.name),)).fetchone()
                 except Exception:

@@ -36,7 +36,7 @@ from opsagent.backup.pgproc import (
     Progress,
     RestoreResult,
     kill,
-    pg_restore_args,
+    pg_restore_command,
     stream_codec,
     tail,
 )
@@ -207,8 +207,8 @@ def restore_staged(repo: Repository, manifest: Manifest, dsn: str, *, jobs: int,
             if error:
                 return RestoreResult(sha256=first[0], size=first[1], pg_restore_error=f"object {obj.name}: {error}")
         assert first is not None
-        args, env = pg_restore_args(dsn, dbname, tool_override, [f"--jobs={jobs}", str(archive)])
-        with tempfile.TemporaryFile() as errfile:
+        with pg_restore_command(dsn, dbname, tool_override, [f"--jobs={jobs}", str(archive)]) as (args, env), \
+                tempfile.TemporaryFile() as errfile:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errfile,
                                     env=env, start_new_session=True)
             if on_proc:

@@ -13,6 +13,7 @@ first. ``backup.jobs`` ≥ 2 (directory format, parallel) lives in ``pgdir``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import itertools
@@ -38,7 +39,7 @@ from opsagent.backup.pgproc import (
     Progress,
     RestoreResult,
     kill,
-    pg_restore_args,
+    pg_restore_command,
     plan,
     stream_codec,
     tail,
@@ -76,8 +77,9 @@ def _widen_pipe(fd: int, size: int = CHUNK) -> None:
 
 def dump(dsn: str, target: str, repo: Repository, *, compression: str = codec.DEFAULT, level: int | None = None,
          jobs: int = 1, tool_override: str | None = None, progress: Progress | None = None,
-         on_proc: ProcHook | None = None, clock: Callable[[], float] = time.time) -> Manifest:
-    """Dump one database into ``repo``; return the manifest, written last.
+         on_proc: ProcHook | None = None, clock: Callable[[], float] = time.time,
+         trigger: str | None = None) -> Manifest:
+    """Dump one database into ``repo``; return the manifest, written last (``trigger``: manual or schedule).
 
     ``jobs`` > 1 dumps in pg_dump's directory format with that many workers (``opsagent.backup.pgdir``);
     otherwise one custom-format archive is streamed. ``compression`` is applied on the stream (see ``plan``).
@@ -85,6 +87,7 @@ def dump(dsn: str, target: str, repo: Repository, *, compression: str = codec.DE
     started = clock()
     backup_id = new_id("postgres", target, started)
     conn = pgtools.connect(dsn, autocommit=False)
+    passfile = contextlib.ExitStack()  # the 0600 PGPASSFILE lives while pg_dump runs
     try:
         major, server_version = pgtools.server_major(conn)
         conn.rollback()
@@ -95,7 +98,7 @@ def dump(dsn: str, target: str, repo: Repository, *, compression: str = codec.DE
         row = conn.execute("SELECT pg_export_snapshot()").fetchone()
         assert row is not None
         snapshot = str(row[0])
-        env, conninfo = pgtools.tool_env_and_conninfo(dsn)
+        env, conninfo = passfile.enter_context(pgtools.tool_environment(dsn))
         args = [tool.path, chosen.pg_dump_arg, f"--snapshot={snapshot}", "--no-password", f"--dbname={conninfo}"]
         log.info("backup_dump_started", kind="postgres", target=target, backup_id=backup_id, tool=tool.label,
                  server_version=server_version, compression=chosen.method, compressed_by=chosen.by, level=chosen.level,
@@ -118,12 +121,13 @@ def dump(dsn: str, target: str, repo: Repository, *, compression: str = codec.DE
             raise
         conn.rollback()
     finally:
+        passfile.close()
         conn.close()
     manifest = Manifest(
         id=backup_id, kind="postgres", target=target, started=started, finished=clock(),
         size=sum(o.size for o in objects), compression=chosen.method, objects=objects, server_version=server_version,
         tool_version=tool.label, agent_version=__version__, tables=tables, compression_level=chosen.level,
-        dump_format="directory" if jobs > 1 else "custom", compressed_by=chosen.by,
+        dump_format="directory" if jobs > 1 else "custom", compressed_by=chosen.by, trigger=trigger,
     )
     repo.write_manifest(manifest)
     log.info("backup_complete", kind="postgres", target=target, backup_id=backup_id, size=manifest.size,
@@ -244,21 +248,36 @@ def sniff(head: bytes) -> str:
     return next((method for magic, method in _MAGIC if head.startswith(magic)), "none")
 
 
+def archive_for_tool(stored: Iterator[bytes], manifest: Manifest | None) -> Iterator[bytes]:
+    """What pg_restore reads, from an object's stored bytes: the stream decompressed with the backup's codec.
+
+    Restore, staged restore (``--jobs``) and the drill go through here; checksums are taken on the stored
+    bytes, before this step. Without a manifest the codec is read from the stream's first bytes. A damaged
+    stream raises :class:`opsagent.backup.codec.CorruptStream`.
+    """
+    chunks = iter(stored)
+    first = next(chunks, b"")
+    method = stream_codec(manifest) if manifest is not None else sniff(first)
+    return codec.decompress(method, itertools.chain([first], chunks))
+
+
 def restore_stream(chunks: Iterator[bytes], dsn: str, *, tool_override: str | None = None,
                    progress: Progress | None = None, on_proc: ProcHook | None = None,
-                   dbname: str | None = None, compression: str | None = None) -> RestoreResult:
+                   dbname: str | None = None, compression: str | None = None,
+                   manifest: Manifest | None = None) -> RestoreResult:
     """Pipe an archive into pg_restore while hashing the stored bytes; the caller judges hash and error together.
 
     ``compression`` is the agent codec the object was stored with (``stream_codec(manifest)``); None reads
     it from the stream's first bytes, so callers holding only the object restore every method too.
     """
-    args, env = pg_restore_args(dsn, dbname, tool_override, [])
     stored = iter(chunks)
     first = next(stored, b"")
+    if compression is None and manifest is not None:
+        compression = stream_codec(manifest)
     method = compression if compression is not None else sniff(first)
     hashed = Hashed(itertools.chain([first], stored), progress)
     decode_error: str | None = None
-    with tempfile.TemporaryFile() as errfile:
+    with pg_restore_command(dsn, dbname, tool_override, []) as (args, env), tempfile.TemporaryFile() as errfile:
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errfile, env=env,
                                 start_new_session=True)
         if on_proc:

@@ -6,6 +6,7 @@ both can use it without importing each other.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -66,15 +67,18 @@ class Hashed:
             pass
 
 
-def pg_restore_args(dsn: str, dbname: str | None, tool_override: str | None, extra: list[str]) -> tuple[list[str], dict[str, str]]:
+@contextlib.contextmanager
+def pg_restore_command(dsn: str, dbname: str | None, tool_override: str | None,
+                       extra: list[str]) -> Iterator[tuple[list[str], dict[str, str]]]:
+    """pg_restore's argv and environment; the password lives in a 0600 PGPASSFILE until the block ends."""
     conn = pgtools.connect(dsn, dbname=dbname)
     try:
         major, _ = pgtools.server_major(conn)
     finally:
         conn.close()
     tool = pgtools.find_tool("pg_restore", major, tool_override)
-    env, conninfo = pgtools.tool_env_and_conninfo(dsn, dbname)
-    return [tool.path, "--no-owner", "--exit-on-error", "--no-password", f"--dbname={conninfo}", *extra], env
+    with pgtools.tool_environment(dsn, dbname) as (env, conninfo):
+        yield [tool.path, "--no-owner", "--exit-on-error", "--no-password", f"--dbname={conninfo}", *extra], env
 
 
 @dataclass(frozen=True)

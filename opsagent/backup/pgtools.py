@@ -8,11 +8,14 @@ unless ``backup.pg_dump_path`` names one.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,13 +110,22 @@ def connect(dsn: str, *, autocommit: bool = True, dbname: str | None = None) -> 
     return psycopg.connect(make_conninfo(**params), autocommit=autocommit)  # type: ignore[arg-type]
 
 
-def tool_env_and_conninfo(dsn: str, dbname: str | None = None) -> tuple[dict[str, str], str]:
-    """A conninfo without the password (argv is world-readable) and an env carrying it."""
+def _passfile_line(password: str) -> str:
+    """One .pgpass line matching any host, port, database and user (the file is private to one child)."""
+    escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+    return f"*:*:*:*:{escaped}\n"
+
+
+@contextlib.contextmanager
+def tool_environment(dsn: str, dbname: str | None = None) -> Iterator[tuple[dict[str, str], str]]:
+    """An environment and a conninfo for pg_dump/pg_restore that carry no password.
+
+    argv is world-readable and a child's environment is readable in /proc by the same user, so the
+    password goes into a 0600 PGPASSFILE in a private (0700) temporary directory, removed on exit.
+    """
     params = conninfo_to_dict(dsn)
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "PGPASSFILE")}
     password = params.pop("password", None)
-    if password:
-        env["PGPASSWORD"] = str(password)
     if dbname is not None:
         params["dbname"] = dbname
     params.setdefault("connect_timeout", CONNECT_TIMEOUT)
@@ -121,7 +133,17 @@ def tool_env_and_conninfo(dsn: str, dbname: str | None = None) -> tuple[dict[str
     # A server that stops acknowledging (blackholed network) fails a write in 15 s instead of
     # TCP's ~15 minutes, so no backup, drill or lock statement can hang a job thread for long.
     params.setdefault("tcp_user_timeout", "15000")
-    return env, make_conninfo(**params)  # type: ignore[arg-type]
+    conninfo = make_conninfo(**params)  # type: ignore[arg-type]  # psycopg's stub wants str values
+    if not password:
+        yield env, conninfo
+        return
+    with tempfile.TemporaryDirectory(prefix="opsagent-pgpass-") as private:  # mkdtemp: mode 0700
+        path = os.path.join(private, "pgpass")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(_passfile_line(str(password)))
+        env["PGPASSFILE"] = path
+        yield env, conninfo
 
 
 def endpoint(dsn: str) -> tuple[str, int, str]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from opsagent.backup.errors import BackupError
 from opsagent.backup.snapshots import (
     MANAGED_TAG,
     TARGET_TAG,
@@ -60,7 +61,7 @@ class DrillOutcome:
     finished: float
 
 
-class DrillCheckError(Exception):
+class DrillCheckError(BackupError):
     """The restored instance came up but is not what the snapshot should have produced."""
 
     def __init__(self, instance: str, problems: list[str]) -> None:
@@ -69,7 +70,7 @@ class DrillCheckError(Exception):
         super().__init__(f"restored instance {instance} failed its check: {'; '.join(problems)}")
 
 
-class DrillTimeoutError(Exception):
+class DrillTimeoutError(BackupError):
     """The restore did not finish within ``backup.rto``."""
 
     def __init__(self, instance: str, status: str | None, waited: float, rto: float) -> None:

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from apscheduler.triggers.base import BaseTrigger
+from opsagent.cron import CrontabTrigger
 
 
-def current_slot(trigger: BaseTrigger, now: datetime) -> datetime | None:
+def current_slot(trigger: CrontabTrigger, now: datetime) -> datetime | None:
     """The latest fire time of ``trigger`` at or before ``now`` (None if none within a year)."""
-    for lookback in (timedelta(hours=2), timedelta(days=2), timedelta(days=8), timedelta(days=370)):
-        start = now - lookback
-        previous = None
-        fire = trigger.get_next_fire_time(None, start)
-        while fire is not None and fire <= now:
-            previous = fire
-            fire = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
-        if previous is not None:
-            return previous
-    return None
+    slot = trigger.latest_at_or_before(now)
+    return slot if now - slot <= timedelta(days=370) else None
+
+
+def slot_end(trigger: CrontabTrigger, slot: datetime) -> datetime:
+    """When the slot that began at ``slot`` ends: the next fire time (a retry must finish before it)."""
+    return trigger.next_at_or_after(slot + timedelta(microseconds=1))
 
 
 SLOT_PREFIX = "slots/"

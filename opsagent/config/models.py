@@ -9,7 +9,6 @@ URLs and names are validated here; how problems are worded lives in
 from __future__ import annotations
 
 import contextvars
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -31,6 +30,7 @@ from pydantic_settings import (
 )
 
 from opsagent.alerts.catalog import ALARMS, AlarmSpec, ValueKind
+from opsagent.config.backup_options import RetryPolicy, Watermark, drill_server_problem
 from opsagent.config.fields import (
     Duration,
     HttpUrl,
@@ -44,7 +44,7 @@ from opsagent.config.fields import (
 from opsagent.config.quality import MaintenanceWindow
 from opsagent.config.show import effective_config
 from opsagent.config.targets import ChecksSection
-from opsagent.cron import cron_trigger
+from opsagent.cron import check as check_cron
 from opsagent.units import (
     DURATION_FORM,
     RATIO_FORM,
@@ -167,19 +167,12 @@ class RetentionPolicy(Model):
     hourly: Annotated[int, Field(ge=0)] = 48
     daily: Annotated[int, Field(ge=0)] = 30
     weekly: Annotated[int, Field(ge=0)] = 12
-
-
-_CRON_FIELD = r"[0-9*/,\-A-Za-z?]+"
+    manual_keep: Duration = 86400.0  # hand-taken backups (backup run, POST /backup) are kept at least this long
 
 
 def _check_cron(value: object) -> object:
-    if not isinstance(value, str) or not re.fullmatch(rf"\s*{_CRON_FIELD}(\s+{_CRON_FIELD}){{4}}\s*", value):
-        raise ValueError(f"{value!r} is not a cron expression; expected five fields such as '0 * * * *' (UTC)")
-    try:
-        cron_trigger(value)
-    except ValueError as exc:
-        raise ValueError(f"{value!r} is not a valid cron expression ({exc}); expected five fields such as '0 * * * *'") from None
-    return value
+    """crontab(5) exactly (:mod:`opsagent.cron`); six fields or a bad value is an error naming the form."""
+    return check_cron(value)
 
 
 Cron = Annotated[str, BeforeValidator(_check_cron)]
@@ -213,6 +206,13 @@ class BackupSection(Model):
     compression: Literal["zstd", "gzip", "lz4", "none"] = "zstd"
     compression_level: int | None = None  # None: the method's default (zstd 3, gzip 6, lz4 0)
     jobs: int = Field(default=1, ge=1, le=64)
+    drill_on_target_server: bool = False  # allow drill_dsn on the server of a configured target
+    retry: RetryPolicy = RetryPolicy()  # a failed scheduled backup is retried within its slot
+    watermark: dict[TargetName, Watermark] = {}  # per postgres target: the drill proves the RPO from it
+    rds_pitr_replica: bool = False  # watch DR-region replicated automated backups (PITR) too
+    pitr_drill: bool = False  # a monthly point-in-time restore drill of the first rds_instances entry
+    pitr_drill_schedule: Cron | None = "0 4 1 * *"
+    pitr_drill_dsn: PostgresDsn | None = None  # SQL check of the PITR scratch instance (its host/port replaced)
 
     @model_validator(mode="after")
     def _coherent(self) -> BackupSection:
@@ -286,6 +286,14 @@ class Settings(BaseSettings):
                     f"backup.postgres[{i}] names {name!r}, which is not a checks.postgres target "
                     f"(known: {', '.join(sorted(known)) or 'none'})"
                 )
+        for name in self.backup.watermark:
+            if name not in self.backup.postgres:
+                raise ValueError(f"backup.watermark names {name!r}, which is not in backup.postgres")
+        if self.backup.drill_dsn is not None and not self.backup.drill_on_target_server:
+            problem = drill_server_problem(self.backup.drill_dsn.get_secret_value(),
+                                           [(t.name, t.dsn.get_secret_value()) for t in self.checks.postgres])
+            if problem:
+                raise ValueError(problem)
         return self
 
     # -- derived views -------------------------------------------------------------------------

@@ -91,7 +91,8 @@ def _config(tmp_path: Path, source: SourceDb, drill_db: str, **backup: Any) -> d
              "interval": "30s"}]},
         "backup": {"repository": f"s3://{PRIMARY}/prod", "replica": f"s3://{REPLICA}/prod", "replica_region": "eu-west-1",
                    "postgres": ["main"], "schedule": "0 0 1 1 *", "drill_schedule": None,
-                   "drill_dsn": f"postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{port}/{drill_db}", **backup},
+                   "drill_dsn": f"postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{port}/{drill_db}",
+                   "drill_on_target_server": True, **backup},
     }
 
 
@@ -164,7 +165,8 @@ def test_crash_in_each_phase_loses_nothing_complete_and_recovers(
     drill_db = f"drill_admin_{private_pg.port}"
     with contextlib.suppress(subprocess.CalledProcessError):
         private_pg.psql(f"CREATE DATABASE {drill_db}")
-    retention = {"hourly": 1, "daily": 0, "weekly": 0} if phase == "retention" else {"hourly": 48}
+    # manual_keep 0s: these are hand-taken runs, which retention would otherwise keep for a day.
+    retention = {"hourly": 1, "daily": 0, "weekly": 0, "manual_keep": "0s"} if phase == "retention" else {"hourly": 48}
     config = _config(tmp_path, source_db, drill_db, retention=retention)
     _, settings = _write(tmp_path, config)
     engine_env = dict(os.environ)
