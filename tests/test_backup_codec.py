@@ -166,9 +166,9 @@ def _write_release1_backup(tmp_path: Path, source_db: SourceDb) -> tuple[Path, s
     backup_id = new_id("postgres", "main", 1_700_000_000)
     folder = root / "backups" / backup_id
     folder.mkdir(parents=True)
-    env, conninfo = pgtools.tool_env_and_conninfo(source_db.dsn)
-    subprocess.run(["pg_dump", "--format=custom", "--compress=6", "--no-password", f"--dbname={conninfo}",
-                    f"--file={folder / 'data.dump'}"], env=env, check=True)
+    with pgtools.tool_environment(source_db.dsn) as (env, conninfo):
+        subprocess.run(["pg_dump", "--format=custom", "--compress=6", "--no-password", f"--dbname={conninfo}",
+                        f"--file={folder / 'data.dump'}"], env=env, check=True)
     data = (folder / "data.dump").read_bytes()
     obj = ObjectInfo(name="data.dump", size=len(data), sha256=hashlib.sha256(data).hexdigest())
     doc = {"format": 1, "id": backup_id, "kind": "postgres", "target": "main", "started": 1_700_000_000.0,

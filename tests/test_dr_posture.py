@@ -20,7 +20,7 @@ from opsagent.backup.pitr import read_instance
 from opsagent.backup.service import BackupService
 from opsagent.config import Settings
 from opsagent.runtime.results import ResultStore
-from tests.fixtures.aws import MotoServer
+from opsagent_testing.aws import MotoServer
 from tests.fixtures.backup import SourceDb, backup_config, write_config
 
 PRIMARY_BUCKET, REPLICA_BUCKET = "posture-primary", "posture-replica"

@@ -13,8 +13,8 @@ from opsagent.backup import commands
 from opsagent.backup.manifest import new_id
 from opsagent.backup.service import BackupService
 from opsagent.runtime.results import ResultStore
+from opsagent_testing.servers import closed_port
 from tests.fixtures.backup import SourceDb, backup_settings
-from tests.fixtures.servers import closed_port
 
 
 def _in_flight(tmp_path: Path) -> Path:

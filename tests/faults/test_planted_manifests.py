@@ -12,7 +12,7 @@ import pytest
 from opsagent.backup import commands
 from opsagent.backup.manifest import new_id
 from opsagent.config import Settings
-from tests.fixtures.aws import MotoServer
+from opsagent_testing.aws import MotoServer
 from tests.fixtures.backup import SourceDb, backup_settings
 
 BUCKET = "opsagent-planted"
