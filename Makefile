@@ -30,6 +30,7 @@ services:
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check opsagent opsagent_testing tests benchmarks
+	$(BIN)/mypy
 
 test: $(VENV)/.dev services lint
 	$(BIN)/pytest -q

@@ -172,8 +172,10 @@ def _locate(settings: Settings, backup_id: str) -> tuple[list[tuple[str, Reposit
     found = []
     unreachable: list[str] = []
     invalid: list[str] = []
-    for where, make in (("primary", lambda: eng.primary_repository(settings) if settings.backup.repository else None),
-                        ("replica", lambda: eng.replica_repository(settings))):
+    sources: list[tuple[str, Callable[[], Repository | None]]] = [
+        ("primary", lambda: eng.primary_repository(settings) if settings.backup.repository else None),
+        ("replica", lambda: eng.replica_repository(settings))]
+    for where, make in sources:
         try:
             repo = make()
             manifest = repo.manifest(backup_id) if repo is not None else None

@@ -91,7 +91,7 @@ def configured_endpoints(settings: Settings) -> set[tuple[str, int, str]]:
 def read_watermark(admin_dsn: str, database: str, watermark: Watermark) -> float:
     """The newest watermark in the restored copy, as unix seconds; BackupError naming what is wrong."""
     if watermark.query is not None:
-        query: sql.Composable = sql.SQL(watermark.query)  # type: ignore[arg-type]  # the operator's own SELECT
+        query: sql.SQL | sql.Composed = sql.SQL(watermark.query)  # the operator's own SELECT, run read-only
         what = "backup.watermark query"
     else:
         schema, _, table = (watermark.table or "").rpartition(".")

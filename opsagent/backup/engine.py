@@ -97,11 +97,12 @@ class RunReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunReport:
         outcomes = [TargetOutcome(**o) for o in data.get("outcomes", [])]
-        fields = {k: data.get(k) for k in ("started", "finished", "trigger", "slot", "cleaned", "deleted", "error", "lock")}
-        fields["interrupted"] = bool(data.get("interrupted", False))
-        fields["cleaned"] = fields["cleaned"] or []
-        fields["deleted"] = [Deletion(**d) for d in fields["deleted"] or [] if isinstance(d, dict)]
-        return cls(outcomes=outcomes, **fields)
+        return cls(
+            outcomes=outcomes, started=float(data.get("started") or 0.0), finished=float(data.get("finished") or 0.0),
+            trigger=str(data.get("trigger") or "manual"), slot=data.get("slot"),
+            cleaned=list(data.get("cleaned") or []),
+            deleted=[Deletion(**d) for d in data.get("deleted") or [] if isinstance(d, dict)],
+            error=data.get("error"), lock=data.get("lock"), interrupted=bool(data.get("interrupted", False)))
 
 
 def postgres_dsn(settings: Settings, name: str) -> str:
@@ -285,9 +286,10 @@ class BackupEngine:
         if outcome.ok and replica is not None:
             outcome.region = replica_region_label(self.settings)
             try:
-                manifest = primary.manifest(outcome.backup_id or "")
-                if manifest is None:
+                stored = primary.manifest(outcome.backup_id or "")
+                if stored is None:
                     raise BackupError(f"backup {outcome.backup_id} vanished before replication")
+                manifest = stored
                 replicate(manifest, primary, replica, now=self.clock(), region=outcome.region, reporter=self.reporter)
                 outcome.replica_ok = True
             except Exception as exc:  # noqa: BLE001

@@ -144,7 +144,7 @@ def _wait(client: Any, instance: str, clock: Callable[[], float], sleep: Callabl
         raw = found[0] if found else None
         status = str(raw.get("DBInstanceStatus", "")).lower() if raw else None
         if raw is not None and status == "available":
-            return raw
+            return dict(raw)
         if status in _FAILED_STATES:
             raise DrillCheckError(instance, [f"the restore ended in state {status!r}"])
         now = clock()

@@ -402,16 +402,17 @@ class BackupService:
         drill_targets += [d.target for d in last_drill if d.target not in drill_targets]
         for target in drill_targets:
             d = drilled.get(target)
-            details: dict[str, Any] = {}
+            drill_details: dict[str, Any] = {}
             if d is not None:
-                details = {"duration_seconds": d.duration_seconds, "rto_seconds": d.rto_seconds}
+                drill_details = {"duration_seconds": d.duration_seconds, "rto_seconds": d.rto_seconds}
                 if d.error:
-                    details["error"] = d.error
+                    drill_details["error"] = d.error
                 elif not d.within_rto:
-                    details["error"] = f"drill took {d.duration_seconds:.0f}s, longer than the RTO {d.rto_seconds:.0f}s"
+                    drill_details["error"] = (f"drill took {d.duration_seconds:.0f}s, longer than the RTO "
+                                              f"{d.rto_seconds:.0f}s")
             self.store.record(CheckResult(check="drill", target=target, up=True,
                                           value=1.0 if d is not None and d.failed else 0.0, at=now, duration=0.0,
-                                          details=details))
+                                          details=drill_details))
         self.store.touch()
 
     # -- reporting ---------------------------------------------------------------------------------

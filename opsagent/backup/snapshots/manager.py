@@ -120,8 +120,8 @@ class SnapshotManager:
         if replica_region is None:
             return SnapshotOutcome(resolved, target, snap_id, True, None, started, self._clock(), None, None)
         if resolved == "elasticache":
-            replica_ok, error = self._export_elasticache(client, record)
-            return SnapshotOutcome(resolved, target, snap_id, True, error, started, self._clock(),
+            replica_ok, export_error = self._export_elasticache(client, record)
+            return SnapshotOutcome(resolved, target, snap_id, True, export_error, started, self._clock(),
                                    replica_ok, None if replica_ok is None else self.region)
         try:
             self._copy(self._rds[resolved], record, slot, replica_region)

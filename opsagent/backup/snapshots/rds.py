@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -22,7 +22,7 @@ from opsagent.backup.snapshots.common import (
 log = structlog.get_logger("opsagent.snapshots")
 
 
-class _Adapter:
+class _Adapter(Protocol):
     """What the manager needs from one kind of snapshot API."""
 
     kind: str
