@@ -1,0 +1,492 @@
+"""Contract conformance for release 2: SPEC §1, §2, §4, §5, §6, §9.4, §9.5, §9.7, driven by their exact names.
+
+Two shared scenarios keep it fast: one in-process agent watching every new kind against real services
+(private PostgreSQL, the shared Redis and RabbitMQ, a TLS server, an app-metrics stub, Alertmanager), and
+`python -m opsagent ...` subprocesses over one config file for the command line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+import requests
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fixtures.agent import RunningAgent, make_settings, poll
+from tests.fixtures.alertmanager import AlertmanagerServer
+from tests.fixtures.backup import SourceDb, new_database
+from tests.fixtures.http_stub import StubServer
+from tests.fixtures.servers import PostgresServer, closed_port, free_port
+from tests.fixtures.tls import HttpsServer, answer, make_ca_and_cert
+
+AMQP = "amqp://guest:guest@127.0.0.1:5672/%2f"
+TOKEN = "contract-admin-token-5d1"
+LABELS = {"alertname", "severity", "check", "target", "agent"}
+ANNOTATIONS = {"summary", "description", "value", "threshold", "runbook_url"}
+
+
+def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of a text exposition as (name, labels, value)."""
+    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
+
+
+def series(text: str, name: str) -> list[dict[str, str]]:
+    """The label sets of every sample named ``name``."""
+    return [labels for n, labels, _ in samples(text) if n == name]
+
+
+def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+        timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m opsagent ARGS`` as a user runs it (no OPSAGENT_* from the test environment)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OPSAGENT_")}
+    return subprocess.run([sys.executable, "-m", "opsagent", *args], capture_output=True, text=True,
+                          env={**base, **(env or {})}, cwd=cwd, timeout=timeout)
+
+
+# -- the agent scenario -------------------------------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    agent: RunningAgent
+    queue: str
+    am: AlertmanagerServer
+
+
+def _app_metrics() -> tuple[int, str, bytes]:
+    """An app whose counters grow by 100 requests, 10 of them 5xx, per scrape (a 10 % error ratio)."""
+    _app_metrics.calls += 1  # type: ignore[attr-defined]  # a call counter kept on the function
+    n = 100 * _app_metrics.calls  # type: ignore[attr-defined]  # the counter set above
+    body = (f'http_requests_total{{status="200",route="/"}} {n - n // 10}\n'
+            f'http_requests_total{{status="500",route="/"}} {n // 10}\n')
+    return 200, "text/plain", body.encode()
+
+
+_app_metrics.calls = 0  # type: ignore[attr-defined]  # see _app_metrics
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory, source_db: SourceDb,
+             alertmanager_server: AlertmanagerServer) -> Iterator[Scenario]:
+    tmp = tmp_path_factory.mktemp("contract")
+    queue = f"contract-{uuid.uuid4().hex[:8]}"
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
+    channel = conn.channel()
+    channel.queue_declare(queue, auto_delete=False)
+    channel.basic_publish("", queue, b"job")
+    ca, cert, key = make_ca_and_cert(tmp, dt.timedelta(days=5))
+    tls = HttpsServer({"/": answer(200, b"ok")}, cert=(cert, key))
+    app = StubServer({"/metrics": _app_metrics})
+    config: dict[str, Any] = {
+        "agent": {"name": "api-sidecar", "admin_token": TOKEN},
+        "checks": {
+            "cpu": {"interval": "1s"}, "memory": {"interval": "1s"},
+            "postgres": [{"name": "main", "dsn": source_db.dsn, "interval": "1s"}],
+            "redis": [{"name": "cache", "url": "redis://127.0.0.1:6379/0", "interval": "1s"}],
+            "error_rate": [{"name": "api", "metrics_url": f"{app.url}/metrics", "window": "5m", "interval": "1s",
+                            "slo": {"objective": "99.9%", "period": "30d", "min_events": 20}}],
+            "rabbitmq": [{"name": "mq", "url": AMQP, "queues": [queue], "interval": "1s"}],
+            "sql": [{"name": "rows", "dsn": source_db.dsn, "query": "select count(*) from public.users",
+                     "threshold": 10, "comparison": "above", "unit": "rows", "interval": "1s"}],
+            "http": [{"name": "web", "url": tls.url + "/", "expect_status": 200, "timeout": "2s", "tls_warn": "14d",
+                      "body_contains": "ok", "ca_file": str(ca), "interval": "1s"},
+                     {"name": "gone", "url": f"http://127.0.0.1:{closed_port()}/", "expect_status": 200,
+                      "timeout": "2s", "tls_warn": "14d", "interval": "1s"},
+                     {"name": "untrusted", "url": tls.url + "/", "timeout": "2s", "interval": "1s"},
+                     {"name": "wrongbody", "url": tls.url + "/", "body_contains": "welcome", "ca_file": str(ca),
+                      "timeout": "2s", "interval": "1s"}],
+        },
+        "alerts": {"HTTPProbeFailed": {"for": "0s"}, "RabbitMQNoConsumers": {"for": "0s"},
+                   "SQLCheckBreached": {"for": "0s"}},
+        "maintenance": [{"match": {"target": "rows"}, "start": "2020-01-01T00:00:00Z", "end": "2099-01-01T00:00:00Z",
+                         "comment": "contract window"}],
+        "notify": {"alertmanager_url": alertmanager_server.url},
+        "backup": {"schedule": "0 0 1 1 *", "drill_schedule": "0 0 1 1 *", "repository": f"file://{tmp}/primary",
+                   "replica": f"file://{tmp}/replica", "replica_region": "eu-west-1", "postgres": ["main"]},
+    }
+    running = RunningAgent(make_settings(tmp, config))
+    try:
+        poll(lambda: running.get("/readyz").status_code == 200)
+        yield Scenario(running, queue, alertmanager_server)
+    finally:
+        running.stop()
+        app.close()
+        tls.close()
+        channel.queue_delete(queue)
+        conn.close()
+
+
+def test_metrics_carry_the_contract_names_and_labels(scenario: Scenario) -> None:
+    """/metrics exposes §6 and §9.4/§9.5/§9.7 names with the labels SPEC gives them."""
+    def ready() -> str | None:
+        text = scenario.agent.get("/metrics").text
+        names = {n for n, _, _ in samples(text)}
+        wanted = {"opsagent_rabbitmq_queue_messages_ready", "opsagent_tls_certificate_expiry_seconds",
+                  "opsagent_error_rate_requests_total", "opsagent_redis_evicted_keys_total",
+                  "opsagent_alert_firing"}
+        return text if wanted <= names else None
+
+    text = poll(ready)
+    for name in ("opsagent_check_value", "opsagent_check_up"):
+        assert {"check": "rabbitmq", "target": "mq"} in series(text, name) or name == "opsagent_check_value"
+        assert {"check": "postgres", "target": "main"} in series(text, name)
+    assert {"check": "postgres"} in series(text, "opsagent_check_duration_seconds_count")
+    assert all(set(labels) == {"alertname", "target", "severity"} for labels in series(text, "opsagent_alert_firing"))
+    assert series(text, "opsagent_build_info") and set(series(text, "opsagent_build_info")[0]) == {"version"}
+    ready_q = [s for s in samples(text) if s[0] == "opsagent_rabbitmq_queue_messages_ready"]
+    assert [(labels["target"], labels["queue"], value) for _, labels, value in ready_q] == [("mq", scenario.queue, 1.0)]
+    consumers = [s for s in samples(text) if s[0] == "opsagent_rabbitmq_queue_consumers"]
+    assert [(labels["queue"], value) for _, labels, value in consumers] == [(scenario.queue, 0.0)]
+    expiry = {labels["target"]: value for n, labels, value in samples(text) if n == "opsagent_tls_certificate_expiry_seconds"}
+    assert 4 * 86400 < expiry["web"] <= 5 * 86400
+    families = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert families["opsagent_error_rate_requests"] == "counter"  # the parser strips _total from a counter's family
+    assert families["opsagent_error_rate_errors"] == "counter"
+    assert families["opsagent_redis_evicted_keys"] in ("counter", "gauge")  # the deprecated gauge shares the stem
+    assert any(labels.get("target") == "api" for labels in series(text, "opsagent_error_rate_errors_total"))
+    assert any(n.startswith("process_") for n, _, _ in samples(text))
+    assert "# TYPE opsagent_exhaustion_seconds gauge" in text
+    lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_openmetrics_is_served_on_request(scenario: Scenario) -> None:
+    """`Accept: application/openmetrics-text` gets OpenMetrics ending in `# EOF`, with process_* metrics."""
+    r = scenario.agent.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert r.text.endswith("# EOF\n")
+    assert "process_resident_memory_bytes" in r.text and "opsagent_check_up{" in r.text
+
+
+def test_status_json_has_every_check_and_alert(scenario: Scenario) -> None:
+    """/status lists every check with value, threshold, state, last run and error, the alerts and the backups."""
+    status = poll(lambda: (s := scenario.agent.status()) and len(s["checks"]) >= 9 and s)
+    rows = {(c["check"], c["target"]): c for c in status["checks"]}
+    for key in [("cpu", "task"), ("memory", "task"), ("postgres", "main"), ("redis", "cache"), ("error_rate", "api"),
+                ("rabbitmq", "mq"), ("sql", "rows"), ("http", "web"), ("http", "gone")]:
+        assert {"value", "threshold", "state", "last_run", "error"} <= set(rows[key]), key
+    assert rows[("sql", "rows")]["value"] == 3000.0 and rows[("rabbitmq", "mq")]["value"] == 1.0
+    assert rows[("rabbitmq", "mq")]["up"] is True and rows[("http", "web")]["error"] is None
+    assert isinstance(status["alerts"], list) and "targets" in status["backups"]
+    assert "rpo_achieved_seconds" in status["backups"]
+    assert scenario.agent.get("/healthz").status_code == 200
+    page = scenario.agent.get("/")
+    assert page.status_code == 200 and "runbooks/" in page.text
+
+
+def test_alerts_reach_alertmanager_with_contract_labels(scenario: Scenario) -> None:
+    """A failing probe pages `HTTPProbeFailed` (critical) and a 5-day certificate `TLSCertificateExpiring`
+    (warning), each with every contract label and annotation."""
+    def paged() -> dict[str, dict[str, Any]] | None:
+        found = {a["labels"]["alertname"]: a for a in scenario.am.alerts()
+                 if a["labels"].get("agent") == "api-sidecar"}
+        return found if {"HTTPProbeFailed", "TLSCertificateExpiring"} <= set(found) else None
+
+    alerts = poll(paged, timeout=20)
+    probe, tls = alerts["HTTPProbeFailed"], alerts["TLSCertificateExpiring"]
+    assert probe["labels"]["severity"] == "critical" and probe["labels"]["target"] == "gone"
+    assert tls["labels"]["severity"] == "warning" and tls["labels"]["target"] == "web"
+    for alert in (probe, tls):
+        assert set(alert["labels"]) >= LABELS and set(alert["annotations"]) >= ANNOTATIONS
+        assert alert["annotations"]["runbook_url"].endswith(f"runbooks/{alert['labels']['alertname']}.md")
+        assert alert["generatorURL"]
+
+
+def test_error_budget_burn_pages_per_window_pair(scenario: Scenario) -> None:
+    """A 10 % error ratio against a 99.9 % objective fires `ErrorBudgetBurn` once per window pair, label
+    `window`, critical for 1h/5m and 6h/30m and warning for 1d/2h and 3d/6h."""
+    def burning() -> dict[str, str] | None:
+        pairs = {a["labels"]["window"]: a["labels"]["severity"] for a in scenario.agent.status()["alerts"]
+                 if a["alertname"] == "ErrorBudgetBurn" and a["state"] == "firing"}
+        return pairs if len(pairs) == 4 else None
+
+    assert poll(burning, timeout=20) == {"1h/5m": "critical", "6h/30m": "critical",
+                                         "1d/2h": "warning", "3d/6h": "warning"}
+
+
+def test_post_backup_needs_the_bearer_token(scenario: Scenario) -> None:
+    """POST /backup answers 401 without or with a wrong bearer token and 202 with the right one."""
+    url = scenario.agent.url + "/backup"
+    assert requests.post(url, timeout=10).status_code == 401
+    assert requests.post(url, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
+    r = requests.post(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert r.status_code in (202, 409), r.text  # 409 only while a run is already going
+    assert TOKEN not in scenario.agent.get("/status").text
+
+
+def test_post_backup_without_token_or_backups(tmp_path: Path) -> None:
+    """POST /backup is 404 when no admin token is configured and 409 when there is nothing to back up."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    agents = [RunningAgent(make_settings(tmp_path / "a", {})),
+              RunningAgent(make_settings(tmp_path / "b", {"agent": {"admin_token": TOKEN}}))]
+    try:
+        assert requests.post(agents[0].url + "/backup", timeout=10).status_code == 404
+        r = requests.post(agents[1].url + "/backup", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+        assert r.status_code == 409
+    finally:
+        for running in agents:
+            running.stop()
+
+
+def test_new_kinds_alarm_as_specified(scenario: Scenario) -> None:
+    """A ready message with no consumer fires `RabbitMQNoConsumers`; an untrusted certificate or a missing body
+    string fails the probe; a breached SQL check under maintenance is held and the hold is shown."""
+    def states() -> dict[tuple[str, str], str] | None:
+        found = {(a["alertname"], a["target"]): a["state"] for a in scenario.agent.status()["alerts"]}
+        wanted = {("RabbitMQNoConsumers", "mq"), ("HTTPProbeFailed", "untrusted"), ("HTTPProbeFailed", "wrongbody"),
+                  ("SQLCheckBreached", "rows")}
+        return found if wanted <= set(found) and found[("RabbitMQNoConsumers", "mq")] == "firing" else None
+
+    found = poll(states, timeout=20)
+    assert found[("HTTPProbeFailed", "untrusted")] == "firing" and found[("HTTPProbeFailed", "wrongbody")] == "firing"
+    held = [a for a in scenario.agent.status()["alerts"] if a["alertname"] == "SQLCheckBreached"]
+    assert held[0]["silenced"] is True  # held by the maintenance window
+    assert ("RabbitMQBacklogHigh", "mq") not in found or found[("RabbitMQBacklogHigh", "mq")] != "firing"
+    rows = {(c["check"], c["target"]): c for c in scenario.agent.status()["checks"]}
+    assert "certificate" in json.dumps(rows[("http", "untrusted")]).lower()
+    paged = {(a["labels"]["alertname"], a["labels"]["target"]) for a in scenario.am.alerts()
+             if a["labels"].get("agent") == "api-sidecar"}
+    assert ("SQLCheckBreached", "rows") not in paged and ("RabbitMQNoConsumers", "mq") in paged
+    assert "contract window" in scenario.agent.get("/").text
+
+
+def test_release1_gauges_are_marked_deprecated(scenario: Scenario) -> None:
+    """The release-1 Redis gauges stay, with "deprecated" in their help text, next to the new counters."""
+    text = scenario.agent.get("/metrics").text
+    helps = {line.split()[2]: line for line in text.splitlines() if line.startswith("# HELP opsagent_redis_e")}
+    assert "deprecated" in helps["opsagent_redis_evicted_keys"] and "deprecated" in helps["opsagent_redis_expired_keys"]
+    assert "opsagent_redis_expired_keys_total" in helps
+
+
+# -- the command-line scenario ------------------------------------------------------------------------
+
+
+@dataclass
+class Cli:
+    config: Path
+    dir: Path
+    pg: PostgresServer
+    source: SourceDb
+
+
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory: pytest.TempPathFactory, source_db: SourceDb, private_pg: PostgresServer) -> Cli:
+    tmp = tmp_path_factory.mktemp("contract-cli")
+    config = {
+        "agent": {"name": "api-sidecar", "listen": f"127.0.0.1:{free_port()}", "state_dir": str(tmp / "state"),
+                  "admin_token": TOKEN},
+        "checks": {
+            "cpu": {"interval": "15s"},
+            "postgres": [{"name": "main", "dsn": source_db.dsn}],
+            "error_rate": [{"name": "api", "metrics_url": "http://127.0.0.1:3000/metrics", "window": "5m",
+                            "slo": {"objective": "99.9%", "period": "30d", "min_events": 20}}],
+            "rabbitmq": [{"name": "mq", "url": "amqp://app:rabbit-pw@127.0.0.1:5672/%2f", "queues": ["jobs"],
+                          "management_url": "http://127.0.0.1:15672"}],
+            "sql": [{"name": "rows", "dsn": source_db.dsn, "query": "select 1", "threshold": 5,
+                     "comparison": "below", "unit": "rows"},
+                    {"name": "writes", "dsn": source_db.dsn, "query": "insert into public.users values (-1, 'x') returning 1",
+                     "threshold": 5, "comparison": "above"}],
+            "http": [{"name": "web", "url": "https://127.0.0.1:8443/health", "expect_status": 200, "timeout": "5s",
+                      "tls_warn": "14d", "body_contains": "ok"}],
+            "cloudwatch": [{"name": "queue-depth", "namespace": "AWS/SQS", "metric": "ApproximateNumberOfMessagesVisible",
+                            "dimensions": {"QueueName": "jobs"}, "statistic": "Maximum", "period": "5m",
+                            "threshold": 100, "comparison": "above", "region": "us-east-1"}],
+        },
+        "alerts": {"RedisMemoryHigh": {"threshold": 0.8, "for": "5m", "clear_for": "10m", "recovery_threshold": 0.7}},
+        "maintenance": [{"match": {"target": "main"}, "start": "2026-12-01T00:00:00Z", "end": "2026-12-01T02:00:00Z"}],
+        "notify": {"slack_webhook_url": "https://hooks.slack.com/services/T0/B0/slack-secret-path"},
+        "backup": {"schedule": "0 * * * *", "repository": f"file://{tmp}/primary", "replica": f"file://{tmp}/replica",
+                   "replica_region": "eu-west-1", "postgres": ["main"], "rpo": "1h", "rto": "2h",
+                   "drill_dsn": private_pg.dsn("postgres")},
+    }
+    path = tmp / "opsagent.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return Cli(path, tmp, private_pg, source_db)
+
+
+def test_config_flag_before_or_after_and_env(cli_env: Cli) -> None:
+    """`--config` works before or after the sub-command, OPSAGENT_CONFIG and OPSAGENT_<SECTION>__<KEY> too."""
+    assert cli("--config", str(cli_env.config), "config", "validate").returncode == 0
+    assert cli("config", "validate", "--config", str(cli_env.config)).returncode == 0
+    shown = cli("config", "show", env={"OPSAGENT_CONFIG": str(cli_env.config), "OPSAGENT_AGENT__NAME": "from-env"})
+    assert shown.returncode == 0 and yaml.safe_load(shown.stdout)["agent"]["name"] == "from-env"
+
+
+def test_config_show_prints_effective_values_with_secrets_masked(cli_env: Cli) -> None:
+    """`config show` prints the catalogue's thresholds, the §9.4/§9.5 keys as written, hosts of password-less
+    DSNs, and `***` for passwords, tokens and webhook paths."""
+    shown = cli("config", "show", "--config", str(cli_env.config))
+    assert shown.returncode == 0, shown.stderr
+    doc = yaml.safe_load(shown.stdout)
+    alerts = doc["alerts"]
+    assert (alerts["RabbitMQBacklogHigh"]["threshold"], alerts["RabbitMQBacklogHigh"]["for"]) == (1000, "5m")
+    assert alerts["RabbitMQNoConsumers"]["for"] == "5m"
+    assert (alerts["HTTPProbeFailed"]["for"], alerts["HTTPProbeFailed"]["severity"]) == ("1m", "critical")
+    assert alerts["TLSCertificateExpiring"]["severity"] == "warning"
+    assert (alerts["PostgresReplicaLagHigh"]["threshold"], alerts["PostgresReplicaLagHigh"]["for"]) == ("1m", "5m")
+    assert (alerts["PgBouncerPoolSaturated"]["threshold"], alerts["PgBouncerPoolSaturated"]["for"]) == (0.9, "5m")
+    assert alerts["RedisEvictionPolicyUnsafe"]["for"] == "0s"
+    assert {"clear_for": "10m", "recovery_threshold": 0.7}.items() <= alerts["RedisMemoryHigh"].items()
+    assert doc["checks"]["error_rate"][0]["slo"]["objective"] == 0.999
+    assert doc["checks"]["postgres"][0]["dsn"] == cli_env.source.dsn  # no password: shown whole, host visible
+    assert doc["checks"]["rabbitmq"][0]["url"] == "amqp://app:***@127.0.0.1:5672/%2f"
+    assert doc["maintenance"][0]["match"]["target"] == "main"
+    assert {"name", "namespace", "metric", "dimensions", "statistic", "period", "threshold", "comparison",
+            "region"} <= set(doc["checks"]["cloudwatch"][0])
+    assert doc["checks"]["http"][0]["tls_warn"] == "14d"
+    for secret in (TOKEN, "rabbit-pw", "slack-secret-path"):
+        assert secret not in shown.stdout + shown.stderr
+
+
+@pytest.mark.parametrize(("edit", "key"), [
+    ({"checks": {"sql": [{"name": "q", "dsn": "postgresql://h/db", "query": "select 1", "threshold": 1,
+                          "comparison": "sideways"}]}}, "checks.sql[0].comparison"),
+    ({"checks": {"rabbitmq": [{"name": "mq", "url": AMQP, "queue": ["a"]}]}}, "checks.rabbitmq[0].queues"),
+    ({"checks": {"error_rate": [{"name": "api", "metrics_url": "http://127.0.0.1:1/m",
+                                 "slo": {"objective": "120%", "period": "30d"}}]}}, "checks.error_rate[0].slo.objective"),
+    ({"checks": {"http": [{"name": "w", "url": "http://127.0.0.1:1/", "tls_warn": "soon"}]}}, "checks.http[0].tls_warn"),
+    ({"alerts": {"HighCPU": {"threshold": 1.5}}}, "alerts.HighCPU.threshold"),
+])
+def test_invalid_config_exits_2_naming_the_key(tmp_path: Path, edit: dict[str, Any], key: str) -> None:
+    """An invalid key exits 2 with a message naming it and no traceback, for validate, check and run alike."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(edit))
+    for command in (["config", "validate"], ["check"]):
+        result = cli(*command, "--config", str(path))
+        assert result.returncode == 2 and key in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_env_variable_error_names_the_key(cli_env: Cli) -> None:
+    """A bad OPSAGENT_ variable exits 2 naming the key."""
+    result = cli("run", "--config", str(cli_env.config), env={"OPSAGENT_ALERTS__HIGHCPU__THRESHOLD": "150%"})
+    assert result.returncode == 2 and "alerts.HighCPU.threshold" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_json_is_one_document_with_exit_status(cli_env: Cli, tmp_path: Path) -> None:
+    """`check --json` prints one JSON list of the contract fields; 0 within thresholds, 1 unreachable, 2 unknown."""
+    ok = cli("check", "postgres", "--json", "--config", str(cli_env.config))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    rows = json.loads(ok.stdout)
+    assert [set(r) >= {"check", "target", "value", "threshold", "alert", "state", "up", "error"} for r in rows] == [True]
+    down = cli("check", "rabbitmq", "--json", "--config", str(cli_env.config))  # wrong password on the shared broker
+    assert down.returncode == 1 and json.loads(down.stdout)[0]["up"] is False
+    assert "rabbit-pw" not in down.stdout + down.stderr
+    writes = cli("check", "sql:writes", "--json", "--config", str(cli_env.config))
+    assert writes.returncode == 1 and "read-only" in json.loads(writes.stdout)[0]["error"]
+    assert cli_env.source.psql("select count(*) from public.users where id = -1").strip() == "0"
+    assert cli("check", "nosuch", "--config", str(cli_env.config)).returncode == 2
+    assert cli("check", "--no-such-flag", "--config", str(cli_env.config)).returncode == 2
+
+
+def test_runbook_and_rules_export(cli_env: Cli, tmp_path: Path) -> None:
+    """`runbook` lists and prints runbooks (2 for an unknown alert); `rules export` is promtool-clean and
+    carries the burn-rate rules over the exported counters, label `window` per pair."""
+    listing = cli("runbook")
+    assert listing.returncode == 0
+    assert {"RabbitMQBacklogHigh", "HTTPProbeFailed", "ErrorBudgetBurn", "PgBouncerPoolSaturated"} <= set(listing.stdout.split())
+    assert cli("runbook", "TLSCertificateExpiring").stdout.startswith("# TLSCertificateExpiring")
+    assert cli("runbook", "NoSuchAlert").returncode == 2
+    exported = cli("rules", "export", "--config", str(cli_env.config))
+    assert exported.returncode == 0
+    rules_file = tmp_path / "rules.yml"
+    rules_file.write_text(exported.stdout)
+    lint = subprocess.run(["promtool", "check", "rules", str(rules_file)], capture_output=True, text=True, timeout=30)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    rules = [r for g in yaml.safe_load(exported.stdout)["groups"] for r in g["rules"]]
+    burn = {r["labels"]["window"]: r for r in rules if r.get("alert") == "ErrorBudgetBurn"}
+    assert {w: r["labels"]["severity"] for w, r in burn.items()} == {
+        "1h/5m": "critical", "6h/30m": "critical", "1d/2h": "warning", "3d/6h": "warning"}
+    assert all("opsagent_error_rate_requests_total" in r["expr"] and "opsagent_error_rate_errors_total" in r["expr"]
+               for r in burn.values())
+    for rule in (r for r in rules if "alert" in r):
+        assert {"severity"} <= set(rule["labels"]) and set(rule["annotations"]) >= ANNOTATIONS, rule["alert"]
+
+
+def test_silence_command(cli_env: Cli, alertmanager_server: AlertmanagerServer, tmp_path: Path) -> None:
+    """`silence --target NAME --for 2h --comment ...` creates an Alertmanager silence matching the target."""
+    config = yaml.safe_load(cli_env.config.read_text())
+    config["notify"]["alertmanager_url"] = alertmanager_server.url
+    config["agent"]["state_dir"] = str(tmp_path / "state")
+    path = tmp_path / "opsagent.yaml"
+    path.write_text(yaml.safe_dump(config))
+    comment = f"contract {uuid.uuid4().hex[:6]}"
+    result = cli("silence", "--target", "main", "--for", "2h", "--comment", comment, "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    silences = requests.get(f"{alertmanager_server.url}/api/v2/silences", timeout=5).json()
+    mine = [s for s in silences if s["comment"].startswith(comment) or comment in s["comment"]]
+    assert len(mine) == 1 and mine[0]["status"]["state"] == "active"
+    assert {"name": "target", "value": "main", "isRegex": False} in [
+        {k: m[k] for k in ("name", "value", "isRegex")} for m in mine[0]["matchers"]]
+    ends = dt.datetime.fromisoformat(mine[0]["endsAt"].replace("Z", "+00:00"))
+    assert dt.timedelta(hours=1, minutes=58) < ends - dt.datetime.now(dt.UTC) <= dt.timedelta(hours=2)
+    assert cli("silence", "--target", "main", "--for", "soon", "--config", str(path)).returncode == 2
+
+
+def test_backup_commands_exit_status_and_json(cli_env: Cli) -> None:
+    """backup run/list/verify, restore and drill answer with their §4 exit codes and one JSON document."""
+    config = str(cli_env.config)
+    run = cli("backup", "run", "--json", "--config", config)
+    assert run.returncode == 0, run.stderr
+    json.loads(run.stdout)
+    listed = cli("--config", config, "backup", "list", "--json")
+    assert listed.returncode == 0
+    backups = json.loads(listed.stdout)
+    assert backups and {"id", "kind", "target", "time", "size", "checksum", "verified"} <= set(backups[0])
+    replica = json.loads(cli("backup", "list", "--replica", "--json", "--config", config).stdout)
+    assert backups[0]["id"] in [b["id"] for b in replica]
+    assert cli("backup", "verify", backups[0]["id"], "--config", config).returncode == 0
+    refused = cli("restore", backups[0]["id"], "--target", cli_env.source.dsn, "--config", config)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    scratch = new_database(cli_env.pg, "contract")
+    forced = cli("restore", backups[0]["id"], "--target", cli_env.pg.dsn(scratch), "--config", config)
+    assert forced.returncode == 0, forced.stderr
+    assert cli_env.pg.psql("select count(*) from public.users", scratch).strip() == "3000"
+    drill = cli("drill", "--json", "--config", config)
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    json.loads(drill.stdout)
+    objects = [p for p in (cli_env.dir / "primary").rglob("*") if p.is_file() and backups[0]["id"] in str(p)
+               and "manifest" not in p.name]
+    objects[0].write_bytes(objects[0].read_bytes()[:-8] + b"damaged!")
+    assert cli("backup", "verify", backups[0]["id"], "--config", config).returncode == 1
+
+
+def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """`opsagent run` answers /readyz and exits 0 on SIGTERM."""
+    listen = f"127.0.0.1:{free_port()}"
+    path = tmp_path / "opsagent.yaml"
+    path.write_text(yaml.safe_dump({"agent": {"listen": listen, "state_dir": str(tmp_path / "state")},
+                                    "checks": {"cpu": {"interval": "1s"}}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSAGENT_")}
+    proc = subprocess.Popen([sys.executable, "-m", "opsagent", "run", "--config", str(path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        poll(lambda: _ready(f"http://{listen}/readyz"), timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=25) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False
