@@ -490,3 +490,51 @@ def _ready(url: str) -> bool:
         return requests.get(url, timeout=2).status_code == 200
     except requests.ConnectionError:
         return False
+
+
+# -- alert quality against a value the test controls --------------------------------------------------
+
+
+def test_recovery_threshold_and_flapping(tmp_path: Path, private_pg: PostgresServer) -> None:
+    """`recovery_threshold` keeps a breach open until the value passes it, and a target whose value swings
+    on every run shows `state: flapping` on /status."""
+    import psycopg
+
+    db = new_database(private_pg, "knob")
+    private_pg.psql("CREATE TABLE knob (name text PRIMARY KEY, v int); INSERT INTO knob VALUES ('knob', 20), ('flap', 0)", db)
+    dsn = private_pg.dsn(db)
+    sql = [{"name": name, "dsn": dsn, "query": f"select v from knob where name = '{name}'", "threshold": 10,
+            "comparison": "above", "interval": "1s"} for name in ("knob", "flap")]
+    running = RunningAgent(make_settings(tmp_path, {"checks": {"sql": sql},
+                                                    "alerts": {"SQLCheckBreached": {"for": "0s", "recovery_threshold": 5}}}))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        def set_knob(name: str, value: int) -> None:
+            conn.execute("UPDATE knob SET v = %s WHERE name = %s", (value, name))
+
+        def alert(target: str) -> dict[str, Any] | None:
+            return next((a for a in running.status()["alerts"]
+                         if a["alertname"] == "SQLCheckBreached" and a["target"] == target), None)
+
+        def next_run(target: str, after: float, value: int | None = None) -> float:
+            """Wait for a run of the target that finished after ``after`` (and read ``value``); its time."""
+            return float(poll(lambda: (r := running.check_row("sql", target)) and r["last_run"] > after
+                              and (value is None or r["value"] == value) and r["last_run"]))
+
+        try:
+            assert poll(lambda: (a := alert("knob")) and a["state"] == "firing")
+            set_knob("knob", 7)  # under the threshold (10), not yet past the recovery threshold (5)
+            seen = next_run("knob", 0.0, 7)
+            for _ in range(2):
+                seen = next_run("knob", seen)
+            assert (alert("knob") or {}).get("state") == "firing"
+            set_knob("knob", 3)
+            poll(lambda: (a := alert("knob")) is None or a["state"] != "firing")
+
+            value, seen = 100, 0.0
+            for _ in range(11):  # swing on every run: 10 changes among the newest of 21 results weigh > 50 %
+                set_knob("flap", value)
+                seen = next_run("flap", seen, value)
+                value = 0 if value else 100
+            assert poll(lambda: (a := alert("flap")) and a["state"] == "flapping" and a)
+        finally:
+            running.stop()
