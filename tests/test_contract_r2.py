@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -87,6 +88,11 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, source_db: SourceDb,
     channel = conn.channel()
     channel.queue_declare(queue, auto_delete=False)
     channel.basic_publish("", queue, b"job")
+    rising = f"{queue}-rising"
+    channel.queue_declare(rising, auto_delete=False)
+    stop_rising = threading.Event()
+    publisher = threading.Thread(target=_publish_steadily, args=(rising, stop_rising), daemon=True)
+    publisher.start()
     ca, cert, key = make_ca_and_cert(tmp, dt.timedelta(days=5))
     tls = HttpsServer({"/": answer(200, b"ok")}, cert=(cert, key))
     app = StubServer({"/metrics": _app_metrics})
@@ -98,7 +104,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, source_db: SourceDb,
             "redis": [{"name": "cache", "url": "redis://127.0.0.1:6379/0", "interval": "1s"}],
             "error_rate": [{"name": "api", "metrics_url": f"{app.url}/metrics", "window": "5m", "interval": "1s",
                             "slo": {"objective": "99.9%", "period": "30d", "min_events": 20}}],
-            "rabbitmq": [{"name": "mq", "url": AMQP, "queues": [queue], "interval": "1s"}],
+            "rabbitmq": [{"name": "mq", "url": AMQP, "queues": [queue, rising], "interval": "1s"}],
             "sql": [{"name": "rows", "dsn": source_db.dsn, "query": "select count(*) from public.users",
                      "threshold": 10, "comparison": "above", "unit": "rows", "interval": "1s"}],
             "http": [{"name": "web", "url": tls.url + "/", "expect_status": 200, "timeout": "2s", "tls_warn": "14d",
@@ -123,9 +129,24 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, source_db: SourceDb,
         yield Scenario(running, queue, alertmanager_server)
     finally:
         running.stop()
+        stop_rising.set()
+        publisher.join(timeout=10)
         app.close()
         tls.close()
         channel.queue_delete(queue)
+        channel.queue_delete(rising)
+        conn.close()
+
+
+def _publish_steadily(queue: str, stop: threading.Event) -> None:
+    """A backlog that grows by 10 messages every 0.2 s (a rising trend for the forecast)."""
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
+    try:
+        channel = conn.channel()
+        while not stop.wait(0.2):
+            for _ in range(10):
+                channel.basic_publish("", queue, b"job")
+    finally:
         conn.close()
 
 
@@ -147,9 +168,9 @@ def test_metrics_carry_the_contract_names_and_labels(scenario: Scenario) -> None
     assert all(set(labels) == {"alertname", "target", "severity"} for labels in series(text, "opsagent_alert_firing"))
     assert series(text, "opsagent_build_info") and set(series(text, "opsagent_build_info")[0]) == {"version"}
     ready_q = [s for s in samples(text) if s[0] == "opsagent_rabbitmq_queue_messages_ready"]
-    assert [(labels["target"], labels["queue"], value) for _, labels, value in ready_q] == [("mq", scenario.queue, 1.0)]
+    assert [(labels["target"], value) for _, labels, value in ready_q if labels["queue"] == scenario.queue] == [("mq", 1.0)]
     consumers = [s for s in samples(text) if s[0] == "opsagent_rabbitmq_queue_consumers"]
-    assert [(labels["queue"], value) for _, labels, value in consumers] == [(scenario.queue, 0.0)]
+    assert [value for _, labels, value in consumers if labels["queue"] == scenario.queue] == [0.0]
     expiry = {labels["target"]: value for n, labels, value in samples(text) if n == "opsagent_tls_certificate_expiry_seconds"}
     assert 4 * 86400 < expiry["web"] <= 5 * 86400
     families = {f.name: f.type for f in text_string_to_metric_families(text)}
@@ -178,7 +199,7 @@ def test_status_json_has_every_check_and_alert(scenario: Scenario) -> None:
     for key in [("cpu", "task"), ("memory", "task"), ("postgres", "main"), ("redis", "cache"), ("error_rate", "api"),
                 ("rabbitmq", "mq"), ("sql", "rows"), ("http", "web"), ("http", "gone")]:
         assert {"value", "threshold", "state", "last_run", "error"} <= set(rows[key]), key
-    assert rows[("sql", "rows")]["value"] == 3000.0 and rows[("rabbitmq", "mq")]["value"] == 1.0
+    assert rows[("sql", "rows")]["value"] == 3000.0 and rows[("rabbitmq", "mq")]["value"] >= 1.0
     assert rows[("rabbitmq", "mq")]["up"] is True and rows[("http", "web")]["error"] is None
     assert isinstance(status["alerts"], list) and "targets" in status["backups"]
     assert "rpo_achieved_seconds" in status["backups"]
@@ -262,6 +283,21 @@ def test_new_kinds_alarm_as_specified(scenario: Scenario) -> None:
              if a["labels"].get("agent") == "api-sidecar"}
     assert ("SQLCheckBreached", "rows") not in paged and ("RabbitMQNoConsumers", "mq") in paged
     assert "contract window" in scenario.agent.get("/").text
+
+
+def test_a_rising_queue_gets_an_exhaustion_forecast(scenario: Scenario) -> None:
+    """A backlog growing steadily exports `opsagent_exhaustion_seconds{check,target}` and a forecast on /status."""
+    def forecast() -> list[tuple[dict[str, str], float]] | None:
+        found = [(labels, value) for name, labels, value in samples(scenario.agent.get("/metrics").text)
+                 if name == "opsagent_exhaustion_seconds"]
+        return found or None
+
+    def queue_forecast() -> float | None:
+        return next((v for labels, v in forecast() or [] if labels == {"check": "rabbitmq", "target": "mq"}), None)
+
+    assert poll(queue_forecast, timeout=20) > 0
+    rows = {(r["check"], r["target"]): r for r in scenario.agent.status()["quality"]["forecasts"]}
+    assert "100 %" in rows[("rabbitmq", "mq")]["text"]
 
 
 def test_release1_gauges_are_marked_deprecated(scenario: Scenario) -> None:
