@@ -167,6 +167,13 @@ def test_metrics_carry_the_contract_names_and_labels(scenario: Scenario) -> None
     assert {"check": "postgres"} in series(text, "opsagent_check_duration_seconds_count")
     assert all(set(labels) == {"alertname", "target", "severity"} for labels in series(text, "opsagent_alert_firing"))
     assert series(text, "opsagent_build_info") and set(series(text, "opsagent_build_info")[0]) == {"version"}
+    # The label sets SPEC gives, exactly: {target}, {target,queue}.
+    assert {"target": "mq", "queue": scenario.queue} in series(text, "opsagent_rabbitmq_queue_messages_ready")
+    assert {"target": "mq", "queue": scenario.queue} in series(text, "opsagent_rabbitmq_queue_consumers")
+    assert {"target": "web"} in series(text, "opsagent_tls_certificate_expiry_seconds")
+    assert all(set(labels) == {"target"} for labels in series(text, "opsagent_tls_certificate_expiry_seconds"))
+    assert series(text, "opsagent_error_rate_requests_total") == [{"target": "api"}]
+    assert series(text, "opsagent_error_rate_errors_total") == [{"target": "api"}]
     ready_q = [s for s in samples(text) if s[0] == "opsagent_rabbitmq_queue_messages_ready"]
     assert [(labels["target"], value) for _, labels, value in ready_q if labels["queue"] == scenario.queue] == [("mq", 1.0)]
     consumers = [s for s in samples(text) if s[0] == "opsagent_rabbitmq_queue_consumers"]
@@ -177,7 +184,6 @@ def test_metrics_carry_the_contract_names_and_labels(scenario: Scenario) -> None
     assert families["opsagent_error_rate_requests"] == "counter"  # the parser strips _total from a counter's family
     assert families["opsagent_error_rate_errors"] == "counter"
     assert families["opsagent_redis_evicted_keys"] in ("counter", "gauge")  # the deprecated gauge shares the stem
-    assert any(labels.get("target") == "api" for labels in series(text, "opsagent_error_rate_errors_total"))
     assert any(n.startswith("process_") for n, _, _ in samples(text))
     assert "# TYPE opsagent_exhaustion_seconds gauge" in text
     lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
