@@ -253,6 +253,20 @@ def test_post_backup_needs_the_bearer_token(scenario: Scenario) -> None:
     assert r.status_code in (202, 409), r.text  # 409 only while a run is already going
     assert TOKEN not in scenario.agent.get("/status").text
 
+    def backed_up() -> str | None:
+        text = scenario.agent.get("/metrics").text
+        return text if series(text, "opsagent_replica_last_success_timestamp_seconds") else None
+
+    text = poll(backed_up, timeout=30)
+    main = {"kind": "postgres", "target": "main"}
+    for name in ("opsagent_backup_last_success_timestamp_seconds", "opsagent_backup_duration_seconds",
+                 "opsagent_backup_size_bytes", "opsagent_rpo_seconds"):
+        assert series(text, name) == [main], name
+    assert series(text, "opsagent_replica_last_success_timestamp_seconds") == [{**main, "region": "eu-west-1"}]
+    assert "# TYPE opsagent_drill_last_duration_seconds gauge" in text
+    newest = scenario.agent.status()["backups"]["targets"][0]
+    assert newest["newest_backup"]["verified"] and newest["newest_replica"]["id"] == newest["newest_backup"]["id"]
+
 
 def test_post_backup_without_token_or_backups(tmp_path: Path) -> None:
     """POST /backup is 404 when no admin token is configured and 409 when there is nothing to back up."""
