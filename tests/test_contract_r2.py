@@ -65,6 +65,7 @@ class Scenario:
     agent: RunningAgent
     queue: str
     am: AlertmanagerServer
+    config: Path
 
 
 def _app_metrics() -> tuple[int, str, bytes]:
@@ -126,7 +127,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, source_db: SourceDb,
     running = RunningAgent(make_settings(tmp, config))
     try:
         poll(lambda: running.get("/readyz").status_code == 200)
-        yield Scenario(running, queue, alertmanager_server)
+        yield Scenario(running, queue, alertmanager_server, tmp / "opsagent.yaml")
     finally:
         running.stop()
         stop_rising.set()
@@ -266,6 +267,20 @@ def test_post_backup_needs_the_bearer_token(scenario: Scenario) -> None:
     assert "# TYPE opsagent_drill_last_duration_seconds gauge" in text
     newest = scenario.agent.status()["backups"]["targets"][0]
     assert newest["newest_backup"]["verified"] and newest["newest_replica"]["id"] == newest["newest_backup"]["id"]
+
+
+def test_silence_holds_a_running_agents_pages(scenario: Scenario) -> None:
+    """`opsagent silence --target NAME --for 2h --comment ...` on the agent's config holds that target's firing
+    alert in the agent, sets an Alertmanager silence, and the status page shows the comment."""
+    poll(lambda: any(a["target"] == "wrongbody" and a["state"] == "firing" for a in scenario.agent.status()["alerts"]))
+    comment = f"contract hold {uuid.uuid4().hex[:6]}"
+    result = cli("silence", "--target", "wrongbody", "--for", "2h", "--comment", comment, "--config", str(scenario.config))
+    assert result.returncode == 0, result.stderr
+    held = poll(lambda: [a for a in scenario.agent.status()["alerts"] if a["target"] == "wrongbody" and a["silenced"]])
+    assert held and all(a["silenced_by"]["comment"] == comment for a in held)
+    assert comment in scenario.agent.get("/").text
+    mine = _expire_silences(scenario.am, comment)
+    assert [s["status"]["state"] for s in mine] == ["active"]
 
 
 def test_post_backup_without_token_or_backups(tmp_path: Path) -> None:
@@ -484,8 +499,7 @@ def test_silence_command(cli_env: Cli, alertmanager_server: AlertmanagerServer, 
     comment = f"contract {uuid.uuid4().hex[:6]}"
     result = cli("silence", "--target", "main", "--for", "2h", "--comment", comment, "--config", str(path))
     assert result.returncode == 0, result.stderr
-    silences = requests.get(f"{alertmanager_server.url}/api/v2/silences", timeout=5).json()
-    mine = [s for s in silences if s["comment"].startswith(comment) or comment in s["comment"]]
+    mine = _expire_silences(alertmanager_server, comment)
     assert len(mine) == 1 and mine[0]["status"]["state"] == "active"
     assert {"name": "target", "value": "main", "isRegex": False} in [
         {k: m[k] for k in ("name", "value", "isRegex")} for m in mine[0]["matchers"]]
@@ -594,3 +608,11 @@ def test_recovery_threshold_and_flapping(tmp_path: Path, private_pg: PostgresSer
             assert poll(lambda: (a := alert("flap")) and a["state"] == "flapping" and a)
         finally:
             running.stop()
+
+
+def _expire_silences(am: AlertmanagerServer, comment: str) -> list[dict[str, Any]]:
+    """The Alertmanager silences carrying ``comment`` as they were, now expired (the server is shared)."""
+    mine = [s for s in requests.get(f"{am.url}/api/v2/silences", timeout=5).json() if comment in s["comment"]]
+    for silence in mine:
+        requests.delete(f"{am.url}/api/v2/silence/{silence['id']}", timeout=5).raise_for_status()
+    return mine
