@@ -397,6 +397,17 @@ def test_config_flag_before_or_after_and_env(cli_env: Cli) -> None:
     assert shown.returncode == 0 and yaml.safe_load(shown.stdout)["agent"]["name"] == "from-env"
 
 
+@pytest.mark.parametrize("command", [["check", "postgres", "--json"], ["config", "show"], ["rules", "export"],
+                                     ["backup", "list", "--json"], ["runbook", "HighCPU"]])
+def test_config_flag_position_does_not_matter(cli_env: Cli, command: list[str]) -> None:
+    """`opsagent --config F CMD` and `opsagent CMD --config F` print the same thing with the same status."""
+    before = cli("--config", str(cli_env.config), *command)
+    after = cli(*command, "--config", str(cli_env.config))
+    assert before.returncode == after.returncode == 0, before.stderr + after.stderr
+    if command[0] != "check":  # a check's numbers move between two runs
+        assert before.stdout == after.stdout
+
+
 def test_config_show_prints_effective_values_with_secrets_masked(cli_env: Cli) -> None:
     """`config show` prints the catalogue's thresholds, the §9.4/§9.5 keys as written, hosts of password-less
     DSNs, and `***` for passwords, tokens and webhook paths."""
