@@ -598,9 +598,24 @@ def test_recovery_threshold_and_flapping(tmp_path: Path, private_pg: PostgresSer
 
         def next_run(target: str, after: float, value: int | None = None) -> float:
             """Wait for a run of the target that finished after ``after`` (and read ``value``); its time."""
-            return float(poll(lambda: (r := running.check_row("sql", target)) and r["last_run"] > after
+            return float(poll(lambda: (r := running.check_row("sql", target)) and (r["last_run"] or 0.0) > after
                               and (value is None or r["value"] == value) and r["last_run"]))
 
+        failures: list[AssertionError] = []
+
+        def swing() -> None:
+            """Swing the flap target on every run: 10 changes among the newest of 21 results weigh > 50 %."""
+            try:
+                value, seen = 100, 0.0
+                for _ in range(11):
+                    set_knob("flap", value)
+                    seen = next_run("flap", seen, value)
+                    value = 0 if value else 100
+            except AssertionError as exc:  # a missed deadline, handed to the test thread
+                failures.append(exc)
+
+        swinger = threading.Thread(target=swing, daemon=True)
+        swinger.start()  # in parallel with the recovery steps: both targets run every second
         try:
             assert poll(lambda: (a := alert("knob")) and a["state"] == "firing")
             set_knob("knob", 7)  # under the threshold (10), not yet past the recovery threshold (5)
@@ -610,12 +625,8 @@ def test_recovery_threshold_and_flapping(tmp_path: Path, private_pg: PostgresSer
             assert (alert("knob") or {}).get("state") == "firing"
             set_knob("knob", 3)
             poll(lambda: (a := alert("knob")) is None or a["state"] != "firing")
-
-            value, seen = 100, 0.0
-            for _ in range(11):  # swing on every run: 10 changes among the newest of 21 results weigh > 50 %
-                set_knob("flap", value)
-                seen = next_run("flap", seen, value)
-                value = 0 if value else 100
+            swinger.join(timeout=30)
+            assert not failures, failures
             assert poll(lambda: (a := alert("flap")) and a["state"] == "flapping" and a)
         finally:
             running.stop()
