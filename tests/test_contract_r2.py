@@ -24,6 +24,7 @@ import pika
 import pytest
 import requests
 import yaml
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.agent import RunningAgent, make_settings, poll
@@ -182,6 +183,8 @@ def test_metrics_carry_the_contract_names_and_labels(scenario: Scenario) -> None
     expiry = {labels["target"]: value for n, labels, value in samples(text) if n == "opsagent_tls_certificate_expiry_seconds"}
     assert 4 * 86400 < expiry["web"] <= 5 * 86400
     families = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert families["opsagent_check_duration_seconds"] == "histogram"
+    assert families["opsagent_check_value"] == families["opsagent_check_up"] == families["opsagent_alert_firing"] == "gauge"
     assert families["opsagent_error_rate_requests"] == "counter"  # the parser strips _total from a counter's family
     assert families["opsagent_error_rate_errors"] == "counter"
     assert families["opsagent_redis_evicted_keys"] in ("counter", "gauge")  # the deprecated gauge shares the stem
@@ -196,6 +199,8 @@ def test_openmetrics_is_served_on_request(scenario: Scenario) -> None:
     r = scenario.agent.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/openmetrics-text")
     assert r.text.endswith("# EOF\n")
+    parsed = {f.name: f for f in openmetrics_families(r.text)}  # type: ignore[no-untyped-call]  # the strict parser has no annotations
+    assert parsed["opsagent_error_rate_requests"].type == "counter"
     assert "process_resident_memory_bytes" in r.text and "opsagent_check_up{" in r.text
 
 
