@@ -243,7 +243,8 @@ def test_post_backup_needs_the_bearer_token(scenario: Scenario) -> None:
         assert series(text, name) == [main], name
     assert series(text, "opsagent_replica_last_success_timestamp_seconds") == [{**main, "region": "eu-west-1"}]
     assert "# TYPE opsagent_drill_last_duration_seconds gauge" in text
-    newest = scenario.agent.status()["backups"]["targets"][0]
+    # /status may answer from its 0.25 s render cache, so it is polled rather than read once.
+    newest = poll(lambda: (t := scenario.agent.status()["backups"]["targets"][0]) and t["newest_replica"] and t)
     assert newest["newest_backup"]["verified"] and newest["newest_replica"]["id"] == newest["newest_backup"]["id"]
 
 

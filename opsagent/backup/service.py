@@ -76,9 +76,6 @@ class BackupService:
         self._engine: BackupEngine | None = None
         self._drill_proc: Any = None  # a running drill's pg_restore, killed on stop
         self._state_lock = threading.Lock()
-        # One refresh at a time: the scheduled one and the one after a run would otherwise race, and a listing
-        # taken before a backup's manifest landed could overwrite the newer one (/status back to "no backup").
-        self._refresh_lock = threading.Lock()
         self._last_run: RunReport | None = None
         self._last_drill: list[DrillReport] = []
         self._newest: dict[tuple[str, str], Manifest] = {}
@@ -301,10 +298,6 @@ class BackupService:
 
     def refresh(self) -> None:
         """Recompute freshness from the repositories and feed the alert engine; never raises."""
-        with self._refresh_lock:
-            self._refresh()
-
-    def _refresh(self) -> None:
         for loader in (self._load_repositories, self._load_snapshots):
             try:
                 loader()
