@@ -205,7 +205,7 @@ SLO_ALARMS = ("ErrorBudgetBurn", "ErrorBudgetLowVolume")  # one rule per window 
 
 
 def _increase(metric: str, target: str, seconds: float) -> str:
-    selector = f'{metric}{{check="error_rate",target="{target}"}}'
+    selector = f'{metric}{{target="{target}"}}'  # SPEC §9.4: these counters carry {target} only
     return f"sum without (instance) (increase({selector}[{format_duration(seconds)}]))"
 
 

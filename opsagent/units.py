@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal, InvalidOperation
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -79,8 +80,9 @@ def parse_ratio(value: object) -> float:
     if isinstance(value, str):
         text = value.strip()
         try:
-            number = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
-        except ValueError:
+            # Decimal division, so "99.9%" is the double nearest 0.999 (as `0.999` is), not 0.9990000000000001.
+            number = float(Decimal(text[:-1]) / 100) if text.endswith("%") else float(text)
+        except (ValueError, InvalidOperation):
             raise ValueError(f"{value!r} is not a ratio; expected {RATIO_FORM}") from None
     elif isinstance(value, (int, float)):
         number = float(value)

@@ -121,7 +121,7 @@ def test_burst_and_quiet_failure_page_through_a_real_alertmanager(am: Alertmanag
         for a in alerts), timeout=40)
     assert not any(a["labels"].get("target") == "admin" and a["labels"].get("window") == "1h/5m" for a in low)
     metrics = agent.get("/metrics").text
-    assert 'opsagent_error_rate_requests_total{check="error_rate",target="api"}' in metrics
+    assert 'opsagent_error_rate_requests_total{target="api"}' in metrics
     assert "# TYPE opsagent_error_rate_errors_total counter" in metrics
     assert 'opsagent_error_budget_burn_rate{target="api",window="5m"}' in metrics
     linted = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True, text=True, timeout=60)

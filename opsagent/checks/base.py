@@ -20,6 +20,9 @@ class Gauge:
     value: float
     labels: Mapping[str, str] = field(default_factory=dict)
     help: str = ""
+    # False for the families SPEC names with their own label set (``..._total{target}``, ``...{target,queue}``):
+    # the name already says the kind, and a contract selector like {target="api"} must be the whole set.
+    check_label: bool = True
 
 
 @dataclass(frozen=True)

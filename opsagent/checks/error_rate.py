@@ -281,8 +281,10 @@ class ErrorRateCheck:
         and Prometheus evaluates the same burn-rate rules over the exported counters."""
         details = {**reading.details, "requests_total": sample.total, "errors_total": sample.errors}
         gauges = (*reading.gauges,
-                  Gauge("opsagent_error_rate_requests_total", sample.total, help="requests the app counted (cumulative)"),
-                  Gauge("opsagent_error_rate_errors_total", sample.errors, help="5xx responses the app counted (cumulative)"))
+                  Gauge("opsagent_error_rate_requests_total", sample.total, help="requests the app counted (cumulative)",
+                        check_label=False),
+                  Gauge("opsagent_error_rate_errors_total", sample.errors, help="5xx responses the app counted (cumulative)",
+                        check_label=False))
         return Reading(value=reading.value, details=details, gauges=gauges, source=reading.source)
 
     def context(self) -> Mapping[str, Any]:

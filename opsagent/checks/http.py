@@ -135,7 +135,7 @@ class HttpCheck(SimpleCheck):
             gauges.append(Gauge("opsagent_http_status_code", float(details["status"]), help="status of the last answer"))
         if "tls_expiry_seconds" in details:
             gauges.append(Gauge("opsagent_tls_certificate_expiry_seconds", details["tls_expiry_seconds"],
-                                help="seconds until the served TLS certificate expires"))
+                                help="seconds until the served TLS certificate expires", check_label=False))
         gauges.append(Gauge("opsagent_http_probe_success", 1.0 - details["probe_failed"],
                             help="1 when the last probe met its expectations"))
         return Reading(value=details["response_seconds"], details=details, gauges=tuple(gauges),

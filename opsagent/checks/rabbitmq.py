@@ -175,12 +175,14 @@ class RabbitMQCheck(SimpleCheck):
         gauges: list[Gauge] = []
         for d in depths:
             labels = {"queue": d.name}
+            # SPEC §9.5 names these {target,queue}: no check label (see Gauge.check_label).
             gauges.append(Gauge("opsagent_rabbitmq_queue_messages_ready", float(d.ready), labels,
-                                "messages ready for delivery"))
-            gauges.append(Gauge("opsagent_rabbitmq_queue_consumers", float(d.consumers), labels, "consumers of the queue"))
+                                "messages ready for delivery", check_label=False))
+            gauges.append(Gauge("opsagent_rabbitmq_queue_consumers", float(d.consumers), labels, "consumers of the queue",
+                                check_label=False))
             if d.unacked is not None:
                 gauges.append(Gauge("opsagent_rabbitmq_queue_messages_unacked", float(d.unacked), labels,
-                                    "messages delivered and not yet acknowledged"))
+                                    "messages delivered and not yet acknowledged", check_label=False))
         if alarms is not None:
             details["node_alarms"] = alarms
             gauges.append(Gauge("opsagent_rabbitmq_node_alarms", float(len(alarms)), {},

@@ -22,7 +22,7 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.utils import floatToGoString as _untyped_float_text
 
 from opsagent import __version__
-from opsagent.checks.base import Counter
+from opsagent.checks.base import Counter, Gauge
 from opsagent.runtime.results import CheckResult, ResultStore
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -105,10 +105,11 @@ class ResultsCollector:
                 if family is None:
                     # A cumulative count is a counter: a Counter reading, or a gauge named *_total (error_rate's).
                     family = extra[g.name] = (
-                        CounterMetricFamily(g.name.removesuffix("_total"), g.help or g.name, labels=[*CORE_LABELS, *names])
+                        CounterMetricFamily(g.name.removesuffix("_total"), g.help or g.name, labels=[*_own_labels(g), *names])
                         if isinstance(g, Counter) or g.name.endswith("_total") else
-                        GaugeMetricFamily(g.name, g.help or g.name, labels=[*CORE_LABELS, *names]))
-                family.add_metric([r.check, r.target, *(str(g.labels[n]) for n in names)], g.value)
+                        GaugeMetricFamily(g.name, g.help or g.name, labels=[*_own_labels(g), *names]))
+                own = labels if g.check_label else [r.target]
+                family.add_metric([*own, *(str(g.labels[n]) for n in names)], g.value)
         return [value, up, last, *extra.values()]
 
     def render(self) -> bytes:
@@ -149,6 +150,11 @@ class ResultsCollector:
             out.append(_COUNTER_HEADERS[name])
             out.extend(lines[(name, *k)][1] for k, _ in sorted(stats.get(name, {}).items()))
         return out
+
+
+def _own_labels(gauge: Gauge) -> tuple[str, ...]:
+    """The labels a kind-specific family carries before its own: check and target, or target alone."""
+    return CORE_LABELS if gauge.check_label else ("target",)
 
 
 def _counter_families(stats: dict[str, Any]) -> list[Metric]:
@@ -210,7 +216,7 @@ def _label_names(result: CheckResult) -> list[tuple[str, ...]]:
     """Each family's label names, in the order ``ResultsCollector._result_families`` builds the families."""
     extra: dict[str, tuple[str, ...]] = {}
     for g in result.gauges:
-        extra.setdefault(g.name, (*CORE_LABELS, *sorted(g.labels)))
+        extra.setdefault(g.name, (*_own_labels(g), *sorted(g.labels)))
     return [CORE_LABELS, CORE_LABELS, CORE_LABELS, *extra.values()]
 
 
@@ -237,7 +243,7 @@ class _FragmentTemplate:
     @staticmethod
     def shape_of(result: CheckResult) -> tuple[Any, ...]:
         return (result.up, result.value is not None,
-                tuple((type(g), g.name, g.help, tuple(g.labels.items())) for g in result.gauges))
+                tuple((type(g), g.name, g.help, g.check_label, tuple(g.labels.items())) for g in result.gauges))
 
     @classmethod
     def of(cls, result: CheckResult) -> _FragmentTemplate:
