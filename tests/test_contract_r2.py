@@ -23,12 +23,12 @@ import requests
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
+from opsagent_testing.alertmanager import AlertmanagerServer
+from opsagent_testing.servers import PostgresServer, closed_port
 from tests.fixtures.agent import RunningAgent, make_settings, poll
-from tests.fixtures.alertmanager import AlertmanagerServer
 from tests.fixtures.backup import SourceDb, new_database
 from tests.fixtures.contract import AMQP, ANNOTATIONS, LABELS, TOKEN, cli, expire_silences, samples, series
 from tests.fixtures.http_stub import StubServer
-from tests.fixtures.servers import PostgresServer, closed_port
 from tests.fixtures.tls import HttpsServer, answer, make_ca_and_cert
 
 # -- the agent scenario -------------------------------------------------------------------------------

@@ -21,11 +21,11 @@ import pytest
 import requests
 import yaml
 
+from opsagent_testing.alertmanager import AlertmanagerServer
+from opsagent_testing.servers import PostgresServer, free_port
 from tests.fixtures.agent import poll
-from tests.fixtures.alertmanager import AlertmanagerServer
 from tests.fixtures.backup import SourceDb, new_database
 from tests.fixtures.contract import AMQP, ANNOTATIONS, TOKEN, cli, expire_silences
-from tests.fixtures.servers import PostgresServer, free_port
 
 # -- the command-line scenario ------------------------------------------------------------------------
 
