@@ -66,7 +66,7 @@ def cli_env(tmp_path_factory: pytest.TempPathFactory, source_db: SourceDb, priva
         "notify": {"slack_webhook_url": "https://hooks.slack.com/services/T0/B0/slack-secret-path"},
         "backup": {"schedule": "0 * * * *", "repository": f"file://{tmp}/primary", "replica": f"file://{tmp}/replica",
                    "replica_region": "eu-west-1", "postgres": ["main"], "rpo": "1h", "rto": "2h",
-                   "drill_dsn": private_pg.dsn("postgres")},
+                   "drill_dsn": private_pg.dsn("postgres"), "drill_on_target_server": True},  # one private server
     }
     path = tmp / "opsagent.yaml"
     path.write_text(yaml.safe_dump(config))
