@@ -84,6 +84,7 @@ def test_profile_end_to_end_breach_page_and_resolution(tmp_path: Path, stack: di
         "OPSAGENT_NOTIFY__ALERTMANAGER_URL": alertmanager.url,
         "OPSAGENT_NOTIFY__REPEAT_INTERVAL": "10s",
         "OPSAGENT_BACKUP__DRILL_DSN": pg.dsn(),
+        "OPSAGENT_BACKUP__DRILL_ON_TARGET_SERVER": "true",  # the stand-in stack is one private server
         "OPSAGENT_BACKUP__LOCK_DSN": pg.dsn(),
         "OPSAGENT_AGENT__REGION": "eu-west-1",
     })

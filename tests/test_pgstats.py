@@ -105,7 +105,7 @@ def test_a_manifest_written_before_methods_reads_as_md5() -> None:
     from opsagent.backup.manifest import Manifest
 
     raw = {"id": "postgres-main-20260101T000000Z-abcdef", "kind": "postgres", "target": "main", "started": 1.0,
-           "finished": 2.0, "size": 3, "compression": "x", "objects": [{"name": "data.dump", "size": 3, "sha256": "0"}],
+           "finished": 2.0, "size": 3, "compression": "x", "objects": [{"name": "data.dump", "size": 3, "sha256": "0" * 64}],
            "server_version": "15", "tool_version": "pg_dump 15", "tables": {"public.t": {"rows": 3, "checksum": "42"}}}
     manifest = Manifest.from_json(json.dumps(raw).encode())
     assert manifest.tables["public.t"] == TableStats(rows=3, checksum="42", method=pgstats.MD5)
