@@ -28,7 +28,7 @@ AM_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 TASK = ROOT / "deploy" / "ecs" / "task-definition.json"
 # notify.repeat_interval: the agent's alerts stay valid 3 x 10 s in Alertmanager after each send, so the last
 # one sent before the kill outlives OpsagentDown's 3 s `for` by 20 s or more (the margin 1m vs 15m gives in production).
-REPEAT_SECONDS = 10
+REPEAT_SECONDS = 20  # the dead agent's endsAt is 3 of these ahead: margin for Prometheus to see it gone on a loaded 2-core CI machine (10 s failed once in a full run)
 
 
 def compressed_alertmanager_config(webhook: str) -> str:
