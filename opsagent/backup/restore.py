@@ -28,12 +28,11 @@ after checking there is room for it, verified, restored, and removed.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -49,6 +48,7 @@ from opsagent.backup import pgdump, pgtools
 from opsagent.backup.errors import BackupError, NotFound, ObjectMissing, TargetRefused
 from opsagent.backup.janitor import Janitor
 from opsagent.backup.manifest import Manifest, ObjectInfo, valid_id
+from opsagent.backup.pgproc import Hashed
 from opsagent.backup.progress import NullReporter, Reporter
 from opsagent.backup.repository import Repository
 from opsagent.config import Settings
@@ -209,21 +209,8 @@ def maintenance_dsn(dsn: str) -> str:
 # -- the restore ----------------------------------------------------------------------------------
 
 
-class _Hashed:
-    """The stored bytes of one object, hashed and counted as they are read."""
-
-    def __init__(self, chunks: Iterator[bytes], progress: Callable[[int], None]) -> None:
-        self._chunks = chunks
-        self._progress = progress
-        self.digest = hashlib.sha256()
-        self.size = 0
-
-    def __iter__(self) -> Iterator[bytes]:
-        for chunk in self._chunks:
-            self.digest.update(chunk)
-            self.size += len(chunk)
-            self._progress(self.size)
-            yield chunk
+class _Hashed(Hashed):
+    """The stored bytes of one object, hashed and counted as they are read (pgproc's Hashed), checked here."""
 
     def check(self, copy: Copy, obj: ObjectInfo) -> None:
         check_stored(copy, obj, self.digest.hexdigest(), self.size)
