@@ -77,7 +77,7 @@ def make_database(pg: PostgresServer, mb: int) -> int:
     rows = int(mb * 0.55 * 1024 * 1024 / 160)
     pg.psql("CREATE TABLE events (id bigint PRIMARY KEY, account int, kind text, amount numeric(12,2), "
             "at timestamptz, note text);"
-            f"INSERT INTO events SELECT g, (g * 7919) % 50000, (ARRAY['login','order','refund','view'])[1 + g % 4], "
+            f"INSERT INTO events SELECT g, (g * 7919::bigint) % 50000, (ARRAY['login','order','refund','view'])[1 + g % 4], "
             f"(g % 100000) / 100.0, timestamptz '2026-01-01' + g * interval '17 s', "
             f"'customer ' || (g % 9973) || ' ' || md5(g::text) || ' ' || repeat(chr(97 + g % 26), g % 30) "
             f"FROM generate_series(1, {rows}) g;", dbname=DB)

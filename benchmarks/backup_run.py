@@ -57,8 +57,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": kind, "idle_rss_mib": _rss_mib()}
     cpu0, t0 = _cpu(), time.monotonic()
     if kind == "pg_dump":
-        env, conninfo = pgtools.tool_env_and_conninfo(spec["dsn"])
-        with open(spec["file"], "wb") as fh:
+        with pgtools.tool_environment(spec["dsn"]) as (env, conninfo), open(spec["file"], "wb") as fh:
             subprocess.run([spec["tool"], "--format=custom", *spec.get("args", []), f"--dbname={conninfo}"],
                            stdout=fh, env=env, check=True)
             fh.flush()
@@ -73,9 +72,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                    staging_peak_bytes=next((e.get("staging_peak_bytes") for e in logs
                                             if e.get("event") == "backup_directory_dumped"), None))
     elif kind == "pg_restore":
-        env, conninfo = pgtools.tool_env_and_conninfo(spec["dsn"])
-        subprocess.run([spec["tool"], "--no-owner", "--exit-on-error", *spec.get("args", []), f"--dbname={conninfo}",
-                        spec["file"]], env=env, check=True)
+        with pgtools.tool_environment(spec["dsn"]) as (env, conninfo):
+            subprocess.run([spec["tool"], "--no-owner", "--exit-on-error", *spec.get("args", []),
+                            f"--dbname={conninfo}", spec["file"]], env=env, check=True)
     elif kind == "agent_restore":
         repo = open_repository(spec["repository"])
         manifest = repo.manifest(spec["backup_id"])
