@@ -187,8 +187,6 @@ class AlertPipeline:
     def on_result(self, result: CheckResult) -> None:
         """Thread-safe. Evaluate (pure engine), persist alert state, enqueue transitions to every configured sink's outbox."""
         with self._lock:
-            before = {k: self._persisted_view(s) for k, s in self._states.items()
-                      if k[1] == result.check and k[2] == result.target}
             new_states, transitions = evaluate_result(
                 self._states, self.config, check=result.check, target=result.target, up=result.up,
                 value=self._compared_value(result), details=result.details, at=result.at,
@@ -196,6 +194,8 @@ class AlertPipeline:
             budget_states, budget_transitions = self.quality.evaluate(self._states, result, _reason(result))
             new_states, transitions = [*new_states, *budget_states], [*transitions, *budget_transitions]
             self.quality.observe(result)
+            # Only the alarms this result concerns can change: compare those (not every state of every target).
+            before = {s.key: self._persisted_view(self._states[s.key]) for s in new_states if s.key in self._states}
             for state in new_states:
                 self._states[state.key] = state
             self._up[(result.check, result.target)] = result.up
@@ -210,7 +210,7 @@ class AlertPipeline:
                 else:
                     self._contexts.pop(t.state.key, None)
             after = {s.key: self._persisted_view(s) for s in new_states}
-            if transitions or after != {k: v for k, v in before.items() if k in after}:
+            if transitions or after != before:
                 self._save()
         if not firing:
             return
